@@ -1,0 +1,263 @@
+"""Typed, frozen configuration for each process, loaded from TOML.
+
+Each process gets exactly one config object (``NodeConfig`` or ``ServerConfig``)
+and passes it (or its sections) down; nothing reads globals. Unknown keys, wrong
+types and out-of-range values are errors naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used. The text says how to fix it."""
+
+
+# ------------------------------------------------------------------ node side
+@dataclass(frozen=True)
+class Position:
+    """A WGS84 position: degrees, degrees, metres above the ellipsoid."""
+
+    lat: float
+    lon: float
+    alt: float = 0.0
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Where the node's audio comes from.
+
+    ``source``: ``"sounddevice"`` (a real microphone through PortAudio),
+    ``"wav"`` (a recording, for replay) or ``"sim"`` (the simulation's adapter).
+    ``device``: PortAudio device name or index; prefer ALSA ``hw:``/``plughw:``
+    names over ``default`` (the PulseAudio plugin gives no timestamps).
+    """
+
+    source: Literal["sounddevice", "wav", "sim"] = "sounddevice"
+    device: str | None = None
+    sample_rate: int = 48_000
+    channels: int = 1
+    blocksize: int = 480
+    #: Which input channel carries the microphone (0-based).
+    mic_channel: int = 0
+    wav_path: str | None = None
+    #: UTC of the WAV's first sample (ISO-8601), for ``source = "wav"``.
+    wav_start_utc: str | None = None
+    queue_blocks: int = 2000
+
+
+@dataclass(frozen=True)
+class TimebaseConfig:
+    """How sample indices become UTC.
+
+    ``mode``: ``"system"`` (chrony-disciplined system clock + robust fit of callback
+    times), ``"pps-audio"`` (GPS PPS wired into input channel ``pps_channel``),
+    ``"fixed"`` (a recording's known start time) or ``"simulated"``.
+    """
+
+    mode: Literal["system", "pps-audio", "fixed", "simulated"] = "system"
+    pps_channel: int = 1
+    fit_window_s: float = 60.0
+    #: Constant ADC/USB latency to subtract (s), if measured for this hardware.
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The onset detector (see node/detector.py for what each value does)."""
+
+    band_hz: tuple[float, float] = (300.0, 5000.0)
+    sta_s: float = 0.002
+    lta_s: float = 0.5
+    trigger_ratio: float = 12.0
+    release_ratio: float = 3.0
+    refractory_s: float = 0.060
+    pick_window_s: float = 0.010
+    snippet_pre_s: float = 0.005
+    snippet_post_s: float = 0.025
+    #: Absolute floor: STA below this (dBFS, band-passed) never triggers.
+    min_level_dbfs: float = -70.0
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    resend_s: float = 2.0
+    max_unacked: int = 100_000
+    heartbeat_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class GpsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2947
+    survey_s: float = 600.0
+    move_alert_m: float = 25.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    server: str = "tcp://127.0.0.1:5555"
+    #: Surveyed position; overrides the GPS survey-in when set.
+    position: Position | None = None
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    timebase: TimebaseConfig = field(default_factory=TimebaseConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    publisher: PublisherConfig = field(default_factory=PublisherConfig)
+    gps: GpsConfig = field(default_factory=GpsConfig)
+
+
+# ---------------------------------------------------------------- server side
+@dataclass(frozen=True)
+class AssociationConfig:
+    """Grouping events from many nodes into shots (server/association.py)."""
+
+    min_nodes: int = 4
+    #: Arrival-time residual (s) within which an event is consistent with a shot.
+    tolerance_s: float = 0.004
+    #: How long after the network's watermark passes an event it may wait (s).
+    latency_s: float = 0.5
+    grid_step_m: float = 10.0
+    margin_m: float = 500.0
+    #: Give up waiting for a silent node after this many wall seconds.
+    stale_node_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    #: Assumed source height above the ground the nodes stand on (m), in 2-D mode.
+    source_height_m: float = 1.5
+    mode: Literal["2d", "3d", "auto"] = "2d"
+    #: Prior 1-σ timing error added to every event's own (s): models node position
+    #: and propagation errors.
+    model_sigma_s: float = 0.0002
+    refine_xcorr: bool = True
+
+
+@dataclass(frozen=True)
+class IncidentConfig:
+    """Rounds within ``gap_s`` of each other and ``radius_m`` apart are one incident."""
+
+    gap_s: float = 4.0
+    radius_m: float = 40.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    publish: str = "tcp://127.0.0.1:5556"
+    database: str = "earwitness.sqlite"
+    temperature_c: float | None = None
+    #: Reject events whose time is further than this from the server's clock (s);
+    #: 0 disables the check (simulation and replay).
+    max_clock_skew_s: float = 3600.0
+    association: AssociationConfig = field(default_factory=AssociationConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    incidents: IncidentConfig = field(default_factory=IncidentConfig)
+
+
+# ------------------------------------------------------------------ loading
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a plain dict, strictly."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required but missing")
+    return cls(**kwargs)
+
+
+def _load(path: str | Path, cls: type, section: str) -> Any:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {p} does not exist; copy examples/{section}.toml and edit it") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    flat = dict(raw.pop(section, {}))
+    flat.update(raw)
+    try:
+        return from_dict(cls, flat)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Node config: a ``[node]`` table (id, server, position) plus the sections
+    ``[audio]``, ``[timebase]``, ``[detector]``, ``[publisher]``, ``[gps]``."""
+    return _load(path, NodeConfig, "node")
+
+
+def load_server_config(path: str | Path) -> ServerConfig:
+    """Server config: a ``[server]`` table plus ``[association]``, ``[solver]``, ``[incidents]``."""
+    return _load(path, ServerConfig, "server")
