@@ -103,6 +103,17 @@ class GpsConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """The node's CURVE keys (Z85 text), as printed by `earwitness keys enroll`.
+    Without them the node talks plaintext, which the server accepts only when it
+    is configured with ``allow_plaintext``."""
+
+    server_public_key: str | None = None
+    public_key: str | None = None
+    secret_key: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     id: str
     server: str = "tcp://127.0.0.1:5555"
@@ -113,6 +124,10 @@ class NodeConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     publisher: PublisherConfig = field(default_factory=PublisherConfig)
     gps: GpsConfig = field(default_factory=GpsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    #: The persistent outbox of unacknowledged events (SQLite).
+    outbox_path: str = "earwitness-outbox.sqlite"
+    outbox_max_items: int = 100_000
 
 
 # ---------------------------------------------------------------- server side
@@ -121,8 +136,12 @@ class AssociationConfig:
     """Grouping events from many nodes into shots (server/association.py)."""
 
     min_nodes: int = 4
+    #: Of the nodes within ``hearing_range_m`` of a shot, at least this fraction
+    #: must have heard it.
+    min_fraction: float = 0.6
+    hearing_range_m: float = 2000.0
     #: Arrival-time residual (s) within which an event is consistent with a shot.
-    tolerance_s: float = 0.004
+    tolerance_s: float = 0.002
     #: How long after the network's watermark passes an event it may wait (s).
     latency_s: float = 0.5
     grid_step_m: float = 10.0
@@ -133,8 +152,11 @@ class AssociationConfig:
 
 @dataclass(frozen=True)
 class SolverConfig:
-    #: Assumed source height above the ground the nodes stand on (m), in 2-D mode.
+    #: Assumed source height above the ground (m), in 2-D mode.
     source_height_m: float = 1.5
+    #: Typical height of the nodes' microphones above the ground (m): the ground
+    #: is taken to be this far below the nodes' median altitude.
+    node_height_m: float = 5.0
     mode: Literal["2d", "3d", "auto"] = "2d"
     #: Prior 1-σ timing error added to every event's own (s): models node position
     #: and propagation errors.
@@ -159,6 +181,11 @@ class ServerConfig:
     #: Reject events whose time is further than this from the server's clock (s);
     #: 0 disables the check (simulation and replay).
     max_clock_skew_s: float = 3600.0
+    #: Key directory made by `earwitness keys init-server` (CURVE encryption and
+    #: the node allow-list). Without it the server refuses to start unless
+    #: ``allow_plaintext`` is set — for a local simulation or a lab only.
+    keys_dir: str | None = None
+    allow_plaintext: bool = False
     association: AssociationConfig = field(default_factory=AssociationConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     incidents: IncidentConfig = field(default_factory=IncidentConfig)

@@ -1,0 +1,268 @@
+"""Benchmark: locate ShotSpotter's Pittsburgh live-fire shots and score them.
+
+Run from the project root:
+
+    python benchmarks/bench_pittsburgh.py [--data DIR] [--modes picks,audio,subsets]
+        [--solver project,baseline] [--n-subsets 20] [--seed 0] [--fp FP1,FP2]
+        [--markdown FILE] [--facts]
+
+* picks / audio: for every test, the recording set is built in memory
+  (server.import_shotspotter.load_test), its truth block and the other mode's
+  data (WAVs in picks mode, arrivals in audio mode) are removed, and
+  ``server.locate.locate_set(recording_set, mode=...)`` is called; the located
+  rounds are scored (benchmarks/scoring.py: 0.1 s window, 100 m false radius).
+* subsets: ShotSpotter's "random six-sensor sub-arrays" test on the labelled
+  arrivals of nlos-tuples.json (one per sensor, the earliest), with a solver of the
+  form ``solve(receivers_enu (n, 3), t_arrival_s (n,), c) -> (x, y)``: the project's
+  (``project_solve`` below, the one place to adapt to server.solver) and the
+  textbook least-squares baseline (``baseline_lsq_solve``). Also run with all
+  labelled arrivals ("all" rows).
+* --facts prints what the data holds (tests, rounds, label counts, emission-time
+  spread, missing pulse ids).
+
+Reference (ShotSpotter TN 098 / arXiv:2108.07377): mean 2-D error ≈ 4 m;
+96.3 % of six-sensor sub-array solutions within 15 m.
+Exit status: 0 when every requested part ran, 2 when one could not (e.g.
+server.locate not importable yet) or the data folder is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.scoring import (  # noqa: E402
+    SubsetShot,
+    TestScore,
+    format_subset_scores,
+    format_summaries,
+    score_subsets,
+    score_test,
+    summarize_by_group,
+)
+from server.import_shotspotter import ShotSpotterTest, find_tests, load_test  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pittsburgh"
+
+#: Timing sigma given to the project solver: the picks have 1 ms resolution.
+PICK_SIGMA_S = 0.002
+
+
+# ====================================================================================
+# THE ONE PLACE TO ADAPT to the project's solver (server.solver) for the subset test.
+# Contract: receivers_enu (n, 3) m, centred on the subset; t_arrival_s (n,) s relative
+# to the earliest arrival; c m/s. Return (x, y) in the same frame, or (nan, nan) when
+# the solver gives no solution.
+# ====================================================================================
+def project_solve(receivers_enu: np.ndarray, t_arrival_s: np.ndarray, c: float) -> tuple[float, float]:
+    from server import solver  # imported here so a missing/broken solver only skips this solver
+
+    sol = solver.solve(receivers_enu, t_arrival_s, PICK_SIGMA_S, c,
+                       z_source=float(np.mean(receivers_enu[:, 2])))
+    if sol is None:
+        return (float("nan"), float("nan"))
+    return (float(sol.pos[0]), float(sol.pos[1]))
+# ====================================================================================
+
+
+def baseline_lsq_solve(receivers_enu: np.ndarray, t_arrival_s: np.ndarray, c: float) -> tuple[float, float]:
+    """Textbook TDOA least squares (scipy ``least_squares``, plain squared loss).
+
+    Residuals: (t_i − t_ref) − (|p − r_i| − |p − r_ref|)/c with the earliest arrival as
+    reference; unknowns x, y with the source height fixed at the receivers' mean
+    height (a 2-D solve, as in ShotSpotter's best case). Two starts (next to the
+    earliest receiver, and the centroid); the lower cost wins.
+    """
+    from scipy.optimize import least_squares
+
+    r = np.asarray(receivers_enu, dtype=float)
+    t = np.asarray(t_arrival_s, dtype=float)
+    z = float(np.mean(r[:, 2]))
+    ref = int(np.argmin(t))
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        d = np.sqrt((r[:, 0] - p[0]) ** 2 + (r[:, 1] - p[1]) ** 2 + (r[:, 2] - z) ** 2)
+        return (t - t[ref]) - (d - d[ref]) / c
+
+    best = None
+    for x0 in (r[ref, :2] + 1.0, r[:, :2].mean(axis=0) + 1.0):
+        fit = least_squares(residuals, x0)
+        if best is None or fit.cost < best.cost:
+            best = fit
+    return (float(best.x[0]), float(best.x[1]))
+
+
+SOLVERS = {"project": project_solve, "baseline": baseline_lsq_solve}
+
+
+# ------------------------------------------------------------------ helpers
+def load_all(data: Path, fps: set[str] | None) -> list[ShotSpotterTest]:
+    tests = []
+    for d in find_tests(data):
+        if fps and d.parent.name not in fps:
+            continue
+        tests.append(load_test(d, mode="both"))
+    return tests
+
+
+def subset_shots(tests: list[ShotSpotterTest]) -> list[SubsetShot]:
+    return [SubsetShot(group=t.firing_position, receivers_enu=s.receivers_enu, t_arrival_ns=s.t_arrival_ns,
+                       truth_enu=t.survey_enu, c_mps=_solver_c(t))
+            for t in tests for s in t.shots if len(s.t_arrival_ns)]
+
+
+def _solver_c(t: ShotSpotterTest) -> float:
+    """The speed of sound a solver is told: from the set's temperature (default when unknown)."""
+    from common.acoustics import speed_of_sound
+
+    return speed_of_sound(t.recording_set.temperature_c)
+
+
+def run_locator(tests: list[ShotSpotterTest], mode: str) -> list[TestScore]:
+    from server.locate import locate_set
+
+    scores = []
+    for t in tests:
+        truth = t.recording_set.truth
+        blind = dataclasses.replace(t.recording_set, truth=())      # the locator never sees the truth
+        if mode == "picks":
+            blind = dataclasses.replace(blind, nodes=tuple(dataclasses.replace(n, wav=None, start_utc_ns=None)
+                                                           for n in blind.nodes))
+        elif mode == "audio":
+            blind = dataclasses.replace(blind, nodes=tuple(n for n in blind.nodes if n.wav is not None),
+                                        arrivals=())
+        located = list(locate_set(blind, mode=mode))
+        scores.append(score_test(truth, located, name=f"{t.firing_position}/{t.name}", group=t.firing_position))
+    return scores
+
+
+def facts(tests: list[ShotSpotterTest]) -> str:
+    """What the data holds, per firing position."""
+    lines = []
+    fps = sorted({t.firing_position for t in tests})
+    head = f"{'FP':<4} {'tests':>5} {'rounds':>6} {'labelled':>8} {'pulses':>7} {'sensors/shot':>12} " \
+           f"{'MAD med ms':>10} {'MAD max ms':>10}  c m/s (scoring)"
+    lines.append(head)
+    for fp in fps:
+        ts = [t for t in tests if t.firing_position == fp]
+        shots = [s for t in ts for s in t.shots]
+        mads = [s.emission_mad_s * 1e3 for s in shots if s.emission_mad_s is not None]
+        known = sorted({round(t.c_mps, 1) for t in ts if t.c_source == "temperature"})
+        other = [t.c_mps for t in ts if t.c_source != "temperature"]
+        cs = ", ".join(f"{c:.1f}" for c in known)
+        if other:
+            cs += f"{', ' if known else ''}{len(other)} tests {min(other):.1f}-{max(other):.1f}*"
+        lines.append(f"{fp:<4} {len(ts):>5} {sum(t.num_rounds for t in ts):>6} {len(shots):>8} "
+                     f"{sum(len(t.recording_set.arrivals) for t in ts):>7} "
+                     f"{np.median([len(s.node_ids) for s in shots]):>12.0f} "
+                     f"{np.median(mads):>10.1f} {max(mads):>10.1f}  {cs}")
+    lines.append("(* = temperature unknown: c fitted to the labelled arrivals, for emission-time estimates only)")
+    for t in tests:
+        notes = []
+        if len(t.shots) != t.num_rounds:
+            notes.append(f"{len(t.shots)} labelled shots for {t.num_rounds} rounds "
+                         f"(shot_index {[s.shot_index for s in t.shots]})")
+        if t.missing_pulse_ids:
+            notes.append(f"{len(t.missing_pulse_ids)} labelled pulse ids missing from allpulses: "
+                         + ", ".join(t.missing_pulse_ids))
+        if t.duplicate_pulse_records:
+            notes.append(f"{t.duplicate_pulse_records} exact duplicate pulse record(s) dropped")
+        later = [u for s in t.shots for u in s.later_pulse_ids]
+        if later:
+            notes.append(f"{len(later)} labelled pulse(s) from a sensor already labelled for the shot "
+                         f"(kept the earliest): " + ", ".join(later))
+        for note in notes:
+            lines.append(f"{t.firing_position}/{t.name}: {note}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"Pittsburgh data folder (default {DEFAULT_DATA})")
+    ap.add_argument("--modes", default="picks,audio,subsets", help="comma list of picks, audio, subsets")
+    ap.add_argument("--solver", default="project,baseline", help="subset-test solvers: project, baseline")
+    ap.add_argument("--n-subsets", type=int, default=20, help="random six-sensor subsets per shot (default 20)")
+    ap.add_argument("--subset-size", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fp", default="", help="only these firing positions, e.g. FP1,FP3")
+    ap.add_argument("--markdown", type=Path, help="also write the tables as markdown to this file")
+    ap.add_argument("--facts", action="store_true", help="print facts about the data first")
+    args = ap.parse_args(argv)
+
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in ("picks", "audio", "subsets")]
+    solvers = [s for s in args.solver.split(",") if s]
+    bad += [s for s in solvers if s not in SOLVERS]
+    if bad:
+        print(f"error: unknown mode/solver {', '.join(bad)}; modes: picks,audio,subsets; solvers: "
+              f"{','.join(SOLVERS)}", file=sys.stderr)
+        return 2
+    if not args.data.is_dir():
+        print(f"error: no data folder {args.data}; pass --data (see ../shared/data/README.md)", file=sys.stderr)
+        return 2
+    fps = {f for f in args.fp.split(",") if f} or None
+    t0 = time.perf_counter()
+    tests = load_all(args.data, fps)
+    if not tests:
+        print(f"error: no tests under {args.data}", file=sys.stderr)
+        return 2
+    print(f"loaded {len(tests)} tests ({sum(t.num_rounds for t in tests)} rounds) in "
+          f"{time.perf_counter() - t0:.1f} s from {args.data}")
+    md: list[str] = []
+    status = 0
+    if args.facts:
+        print("\n== data facts\n" + facts(tests))
+
+    for mode in [m for m in modes if m in ("picks", "audio")]:
+        title = f"locator, {mode} mode (server.locate.locate_set)"
+        try:
+            import server.locate  # noqa: F401
+        except ImportError as e:
+            print(f"\n== {title}\nSKIPPED: server.locate is not importable ({e}); "
+                  f"it must provide locate_set(recording_set, mode=...)", file=sys.stderr)
+            status = 2
+            continue
+        t1 = time.perf_counter()
+        summaries = summarize_by_group(run_locator(tests, mode))
+        dt = time.perf_counter() - t1
+        print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
+        md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
+
+    if "subsets" in modes:
+        shots = subset_shots(tests)
+        for name in solvers:
+            solve = SOLVERS[name]
+            for size, label in ((args.subset_size, f"random {args.subset_size}-sensor subsets, "
+                                 f"{args.n_subsets} per shot"), (None, "all labelled arrivals")):
+                title = f"subset test, {name} solver: {label}"
+                t1 = time.perf_counter()
+                try:
+                    scores = score_subsets(shots, solve, subset_size=size, n_subsets=args.n_subsets,
+                                           seed=args.seed)
+                except ImportError as e:
+                    print(f"\n== {title}\nSKIPPED: {e}", file=sys.stderr)
+                    status = 2
+                    break
+                dt = time.perf_counter() - t1
+                print(f"\n== {title}: {dt:.1f} s\n" + format_subset_scores(scores))
+                md += [f"### {title}", "", format_subset_scores(scores, markdown=True), ""]
+        print("\nShotSpotter (TN 098): 96.3 % of six-sensor sub-array solutions within 15 m; mean 2-D error ≈ 4 m.")
+
+    if args.markdown:
+        args.markdown.write_text("\n".join(md) + "\n", encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The central server: ingest, association, TDOA refinement, solver, store, outputs."""

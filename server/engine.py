@@ -1,0 +1,213 @@
+"""The server's processing core, free of sockets: events in, located shots out.
+
+The live server (server/net.py) and the offline locator (server/locate.py) both
+drive this same class, so a recording replayed through ``earwitness locate`` takes
+exactly the path a live event takes: store → association → solver → incidents.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from common.acoustics import speed_of_sound
+from common.config import ServerConfig
+from common.geodesy import LocalFrame
+from common.protocol import Event, Heartbeat
+from common.timefmt import ns_to_iso, ns_to_s
+from server.association import Arrival, Association, Associator
+from server.incidents import IncidentTracker
+from server.store import Store
+
+
+@dataclass(frozen=True)
+class ShotReport:
+    """One located shot (round). ``error_m``: 95 % horizontal radius (m);
+    ``residual_ms``: rms arrival-time residual of the nodes used."""
+
+    shot_id: int | None
+    incident: int
+    round: int
+    t_utc_ns: int
+    lat: float
+    lon: float
+    alt: float
+    error_m: float
+    residual_ms: float
+    nodes: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "incident": self.incident, "round": self.round,
+            "time_utc": ns_to_iso(self.t_utc_ns), "time": ns_to_s(self.t_utc_ns),
+            "lat": round(self.lat, 7), "lon": round(self.lon, 7), "alt": round(self.alt, 1),
+            "error_m": round(self.error_m, 2), "nodes": list(self.nodes),
+            "residual_ms": round(self.residual_ms, 3),
+        }
+
+
+@dataclass
+class _NodeMark:
+    stream_ns: int
+    last_wall_ns: int
+
+
+class Engine:
+    """Association, solving and incident grouping over a stream of events.
+
+    ``store``: where events, shots and outcomes are committed (None: in memory only).
+    ``ingest_event`` stores and queues an event (False for a duplicate node+seq);
+    ``advance(now)`` decides everything the network's watermark allows;
+    ``finish()`` decides everything left (end of a recording or of a simulation).
+    """
+
+    def __init__(self, cfg: ServerConfig, store: Store | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.clock_ns = clock_ns
+        self.c = speed_of_sound(cfg.temperature_c)
+        self.frame: LocalFrame | None = None
+        self.assoc = Associator(cfg.association, self.c, z_source=None,
+                                model_sigma_s=cfg.solver.model_sigma_s)
+        self.incidents = IncidentTracker(cfg.incidents)
+        self._marks: dict[str, _NodeMark] = {}
+        self._node_z: dict[str, float] = {}
+        self._seen: set[tuple[str, int]] = set()
+        self._next_key = 1
+        self.counters = {"events": 0, "duplicates": 0, "shots": 0, "unassociated": 0}
+        if store is not None:
+            for event_id, ev in store.pending_events():
+                self._queue(ev, event_id)
+
+    # ------------------------------------------------------------- inputs
+    def ingest_event(self, ev: Event, received_ns: int | None = None) -> bool:
+        """Store (committed) and queue one event. False if it was a duplicate."""
+        return self.ingest_events([ev], received_ns)[0]
+
+    def ingest_events(self, events: list[Event], received_ns: int | None = None) -> list[bool]:
+        """Store a batch of events in one committed transaction, then queue the new
+        ones. Returns, per event, False for a duplicate (node id + seq seen before).
+        When this returns, every event is durable and may be acknowledged."""
+        received_ns = self.clock_ns() if received_ns is None else received_ns
+        keys: list[int | None] = []
+        if self.store is not None:
+            with self.store.transaction():
+                keys = [self.store.insert_event(ev, received_ns) for ev in events]
+        else:
+            for ev in events:
+                if (ev.node_id, ev.seq) in self._seen:
+                    keys.append(None)
+                    continue
+                self._seen.add((ev.node_id, ev.seq))
+                keys.append(self._next_key)
+                self._next_key += 1
+        for ev, key in zip(events, keys):
+            if key is None:
+                self.counters["duplicates"] += 1
+            else:
+                self.counters["events"] += 1
+                self._queue(ev, key)
+        return [k is not None for k in keys]
+
+    def ingest_heartbeat(self, hb: Heartbeat, received_ns: int | None = None) -> None:
+        received_ns = self.clock_ns() if received_ns is None else received_ns
+        mark = self._marks.get(hb.node_id)
+        if mark is None:
+            self._marks[hb.node_id] = _NodeMark(hb.stream_utc_ns, received_ns)
+        else:
+            mark.stream_ns = max(mark.stream_ns, hb.stream_utc_ns)
+            mark.last_wall_ns = received_ns
+        if self.store is not None:
+            with self.store.transaction():
+                self.store.update_node(hb, received_ns)
+
+    def _enu(self, lat: float, lon: float, alt: float) -> np.ndarray:
+        if self.frame is None:
+            self.frame = LocalFrame(lat, lon, 0.0)
+        return self.frame.to_enu(lat, lon, alt)
+
+    def _queue(self, ev: Event, key: int) -> None:
+        pos = self._enu(ev.lat, ev.lon, ev.alt)
+        if self._node_z.get(ev.node_id) != float(pos[2]):
+            self._node_z[ev.node_id] = float(pos[2])
+            self.assoc.z_source = self._z_source()
+        sigma_s = ev.sigma_ns * 1e-9
+        self.assoc.add(Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=sigma_s, pos=pos,
+                               peak_dbfs=ev.peak_dbfs, degraded=ev.degraded))
+        mark = self._marks.get(ev.node_id)
+        now = self.clock_ns()
+        if mark is None:
+            self._marks[ev.node_id] = _NodeMark(ev.t_utc_ns, now)
+        else:
+            mark.stream_ns = max(mark.stream_ns, ev.t_utc_ns)
+            mark.last_wall_ns = now
+
+    def _z_source(self) -> float | None:
+        if self.cfg.solver.mode == "3d":
+            return None
+        ground = float(np.median(list(self._node_z.values()))) - self.cfg.solver.node_height_m
+        return ground + self.cfg.solver.source_height_m
+
+    # ------------------------------------------------------------- decide
+    def watermark(self, now_ns: int | None = None) -> int | None:
+        """The network's watermark: the earliest audio time up to which every live
+        node has reported. Nodes silent for ``stale_node_s`` do not hold it back."""
+        now_ns = self.clock_ns() if now_ns is None else now_ns
+        stale = int(self.cfg.association.stale_node_s * 1e9)
+        live = [m.stream_ns for m in self._marks.values() if now_ns - m.last_wall_ns <= stale]
+        if not live:
+            return max((m.stream_ns for m in self._marks.values()), default=None)
+        return min(live)
+
+    def advance(self, now_ns: int | None = None) -> list[ShotReport]:
+        wm = self.watermark(now_ns)
+        if wm is None:
+            return []
+        return self._decide(wm)
+
+    def finish(self) -> list[ShotReport]:
+        """Decide every pending event (no more input will come)."""
+        return self._decide(None)
+
+    def _decide(self, watermark_ns: int | None) -> list[ShotReport]:
+        shots, rejected = self.assoc.step(watermark_ns)
+        if not shots and not rejected:
+            return []
+        reports: list[ShotReport] = []
+        now = self.clock_ns()
+        ctx = self.store.transaction() if self.store is not None else nullcontext()
+        with ctx:
+            for a in rejected:
+                self.counters["unassociated"] += 1
+                if self.store is not None:
+                    self.store.record_outcome(a.key, "unassociated")
+            for shot in shots:
+                reports.append(self._report(shot, now))
+        return reports
+
+    def _report(self, shot: Association, now_ns: int) -> ShotReport:
+        sol = shot.solution
+        assert self.frame is not None
+        lat, lon, alt = (float(v) for v in self.frame.to_wgs84(sol.pos))
+        t_ns = shot.t0_ns
+        nodes = tuple(a.node for a in shot.arrivals)
+        key_for_new = None
+        if self.store is not None and self.incidents.would_open(t_ns, sol.pos):
+            key_for_new = self.store.insert_incident(t_ns, now_ns)
+        inc = self.incidents.assign(t_ns, sol.pos, key_for_new)
+        shot_id = None
+        if self.store is not None:
+            shot_id = self.store.insert_shot(inc.incident, inc.round, t_ns, lat, lon, alt, sol.error95_m,
+                                             sol.rms_s * 1e3, list(nodes), now_ns)
+            for a in shot.arrivals:
+                self.store.record_outcome(a.key, "shot", shot_id)
+        self.counters["shots"] += 1
+        return ShotReport(shot_id=shot_id, incident=inc.incident, round=inc.round, t_utc_ns=t_ns,
+                          lat=lat, lon=lon, alt=alt, error_m=sol.error95_m,
+                          residual_ms=sol.rms_s * 1e3, nodes=nodes)
+

@@ -1,0 +1,74 @@
+"""`earwitness server --config FILE`: the central server.
+
+Prints one JSON line per located shot on stdout (for log shippers and scripts);
+logs go to stderr (journald under systemd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from common.config import ConfigError, ServerConfig, load_server_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="earwitness server", description="Run the central Earwitness server.")
+    p.add_argument("--config", required=True, help="server TOML config (see examples/server.toml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def make_server(cfg: ServerConfig, on_shot=None):
+    """Store + engine + sockets (+ CURVE and the allow-list when keys_dir is set)."""
+    from server.engine import Engine
+    from server.net import IngestServer
+    from server.store import Store
+
+    if cfg.keys_dir is None and not cfg.allow_plaintext:
+        raise ConfigError(
+            "no keys_dir: the server would accept unauthenticated, unencrypted nodes. Run "
+            "`earwitness keys init-server --dir /etc/earwitness/keys` and set keys_dir, or set "
+            "allow_plaintext = true for a local simulation or a lab")
+    store = Store(cfg.database)
+    engine = Engine(cfg, store)
+    if cfg.keys_dir is None:
+        logging.getLogger("earwitness.server").warning(
+            "plaintext mode: any node can connect and nothing is encrypted (allow_plaintext = true)")
+        return IngestServer(cfg, engine, on_shot=on_shot), None
+    from server.keys import secure_server_options
+
+    opts = secure_server_options(cfg.keys_dir)
+    server = IngestServer(cfg, engine, on_shot=on_shot, ctx=opts.ctx, curve_secret_key=opts.server_secret_key,
+                          identity_for=opts.identity_for)
+    return server, opts
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = load_server_config(args.config)
+        server, security = make_server(cfg, on_shot=lambda r: print(json.dumps(r.to_json()), flush=True))
+    except (ConfigError, RuntimeError) as exc:
+        print(f"earwitness server: {exc}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("earwitness.server")
+    log.info("listening for nodes on %s, publishing shots on %s, database %s",
+             server.bound, server.pub_bound, cfg.database)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        server.run(stop)
+    finally:
+        server.close()
+        if security is not None:
+            security.close()
+        log.info("stopped; counters: %s", dict(server.counters, **server.engine.counters))
+    return 0

@@ -1,0 +1,187 @@
+"""`earwitness sim`: a central server and N simulated nodes on this machine.
+
+The server (engine + sockets) and every node (detector, timebase, outbox,
+publisher) are the real code; only the microphone (``SimAudioSource`` rendering
+the simulated town) and the GPS (a surveyed position) are simulated. Nodes talk
+to the server over real ZeroMQ sockets on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from common.config import AudioConfig, NodeConfig, Position, PublisherConfig, ServerConfig, TimebaseConfig
+from node.outbox import Outbox
+from node.pipeline import NodeRunner
+from node.publisher import Publisher
+from node.timebase import FixedTimebase
+from server.engine import Engine, ShotReport
+from server.net import IngestServer
+from server.store import Store
+from sim.adapters import SimAudioSource
+from sim.render import NodeRenderer
+from sim.report import SimScore, report_json, score, to_local
+from sim.world import Scenario, Town, clock_offsets_ns, make_scenario, make_town
+
+log = logging.getLogger("earwitness.sim")
+
+SAMPLE_RATE = 48_000
+#: The timing uncertainty a GPS-disciplined node reports (1 σ).
+NODE_TIMING_SIGMA_NS = 20_000.0
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    nodes: int = 8
+    shots: int = 10
+    seed: int = 1
+    realtime: bool = False
+    size_m: float = 1200.0
+    clock_sigma_ns: float = 20_000.0
+    burst: bool = True
+    fireworks: bool = False
+    local_sounds: bool = True
+    database: str = ":memory:"
+    blocksize: int = 4800
+
+
+@dataclass(frozen=True)
+class SimResult:
+    town: Town
+    scenario: Scenario
+    reports: tuple[ShotReport, ...]
+    score: SimScore
+    wall_s: float
+    server_counters: dict
+
+    def report(self) -> dict:
+        truth = [{"lat": t.lat, "lon": t.lon, "t_ns": t.t_emit_utc_ns, "incident": t.incident_id,
+                  "round": t.round_index + 1} for t in self.gunshots]
+        doc = report_json(truth, [r.to_json() for r in self.reports], self.score)
+        doc["summary"]["wall_s"] = round(self.wall_s, 2)
+        return doc
+
+    @property
+    def gunshots(self):
+        return [t for t in self.scenario.truth if t.kind == "gunshot"]
+
+
+def build_world(opts: SimOptions) -> tuple[Town, Scenario]:
+    town = make_town(opts.nodes, opts.size_m, seed=opts.seed)
+    # Start at the current second, so event times look like live ones (the
+    # simulated server does not check them against its clock: faster-than-real-
+    # time runs put them in the future).
+    start = (time.time_ns() // 10**9 + 1) * 10**9
+    scen = make_scenario(town, opts.shots, seed=opts.seed, start_utc_ns=start, burst=opts.burst,
+                         fireworks=opts.fireworks, local_sounds=opts.local_sounds)
+    return town, scen
+
+
+def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None = None) -> SimResult:
+    """Run the whole network once; returns the located shots scored against truth."""
+    t_start = time.perf_counter()
+    town, scen = build_world(opts)
+    cfg = server_cfg or ServerConfig(bind="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
+                                     database=opts.database, temperature_c=scen.temperature_c,
+                                     max_clock_skew_s=0.0)
+    store = Store(cfg.database)
+    engine = Engine(cfg, store)
+    server = IngestServer(cfg, engine, on_shot=on_shot)
+    stop_server = threading.Event()
+    server_thread = threading.Thread(target=server.run, args=(stop_server,), name="server", daemon=True)
+    server_thread.start()
+
+    offsets = clock_offsets_ns(town.n_nodes, opts.clock_sigma_ns, seed=opts.seed)
+    lat, lon, alt = town.node_wgs84()
+    runners: list[threading.Thread] = []
+    node_errors: list[BaseException] = []
+    stop_nodes = threading.Event()
+    for i, node_id in enumerate(town.node_ids):
+        ncfg = NodeConfig(
+            id=node_id, server=server.bound,
+            position=Position(float(lat[i]), float(lon[i]), float(alt[i])),
+            audio=AudioConfig(source="sim", sample_rate=SAMPLE_RATE, blocksize=opts.blocksize),
+            timebase=TimebaseConfig(mode="simulated"),
+            publisher=PublisherConfig(resend_s=1.0, heartbeat_s=1.0),
+        )
+        renderer = NodeRenderer(scen, town, i, SAMPLE_RATE, seed=opts.seed)
+        source = SimAudioSource(renderer, scen.duration_s, blocksize=opts.blocksize, realtime=opts.realtime)
+        tb = FixedTimebase(scen.start_utc_ns, SAMPLE_RATE, offset_ns=int(offsets[i]),
+                           sigma_ns=NODE_TIMING_SIGMA_NS, mode="simulated")
+        pub = Publisher(node_id, server.bound, Outbox(None), ncfg.publisher)
+        runner = NodeRunner(ncfg, source, tb, pub, position=lambda p=ncfg.position: p,
+                            heartbeat_stream_s=0.5)
+
+        def work(r=runner, p=pub):
+            try:
+                r.run(stop_nodes)
+            except BaseException as exc:  # reported after the run
+                node_errors.append(exc)
+            finally:
+                p.close()
+
+        th = threading.Thread(target=work, name=node_id, daemon=True)
+        runners.append(th)
+        th.start()
+    try:
+        for th in runners:
+            while th.is_alive():
+                th.join(0.2)
+    except KeyboardInterrupt:
+        stop_nodes.set()
+        raise
+    finally:
+        stop_server.set()
+        server_thread.join(5)
+    if node_errors:
+        raise RuntimeError(f"a simulated node failed: {node_errors[0]!r}") from node_errors[0]
+    server.poll_once(timeout_ms=50)
+    server.publish(engine.advance())
+    server.finish()
+    reports = tuple(sorted(server.reports, key=lambda r: r.t_utc_ns))
+    server.close()
+    store.close()
+    gun = [t for t in scen.truth if t.kind == "gunshot"]
+    frame = town.frame
+    t_xy = to_local(frame, [t.lat for t in gun], [t.lon for t in gun])
+    e_xy = to_local(frame, [r.lat for r in reports], [r.lon for r in reports])
+    sc = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy,
+               np.array([r.t_utc_ns for r in reports]), e_xy)
+    counters = dict(server.counters, **engine.counters)
+    return SimResult(town, scen, reports, sc, time.perf_counter() - t_start, counters)
+
+
+def plot_result(res: SimResult, path: str | Path) -> Path:
+    from server.plot import MapShot, draw_map
+
+    frame = res.town.frame
+    e_xy = to_local(frame, [r.lat for r in res.reports], [r.lon for r in res.reports])
+    shots = [MapShot((float(x), float(y)), r.error_m, r.incident, f"{r.incident}.{r.round}")
+             for (x, y), r in zip(e_xy, res.reports)]
+    gun = res.gunshots
+    t_xy = to_local(frame, [t.lat for t in gun], [t.lon for t in gun])
+    links = [(m.estimate_index, m.truth_index) for m in res.score.matches if m.estimate_index is not None]
+    walls = [((w.p0[0], w.p0[1]), (w.p1[0], w.p1[1])) for w in res.town.walls]
+    s = res.score
+    title = (f"earwitness sim: {s.located}/{s.total} rounds located, median error "
+             f"{s.median_error_m or 0:.2f} m, {s.false_shots} false")
+    return draw_map(path, res.town.nodes_enu[:, :2], res.town.node_ids, shots, truth_xy=t_xy,
+                    walls=walls, title=title, links=links)
+
+
+def format_summary(res: SimResult) -> str:
+    s = res.score
+    med = "n/a" if s.median_error_m is None else f"{s.median_error_m:.2f} m"
+    p95 = "n/a" if s.p95_error_m is None else f"{s.p95_error_m:.2f} m"
+    return (f"{s.located}/{s.total} rounds located ({100 * s.located / max(s.total, 1):.0f} %), "
+            f"median error {med}, p95 {p95}, {s.false_shots} false shots; "
+            f"{res.server_counters.get('events', 0)} events from {res.town.n_nodes} nodes, "
+            f"{res.server_counters.get('unassociated', 0)} not part of a shot; {res.wall_s:.1f} s")

@@ -1,0 +1,108 @@
+"""The onset detector: accuracy on synthetic impulses, chunked == whole, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from common.config import DetectorConfig
+from node.detector import Detector, aic_pick, detect
+from tests.conftest import friedlander
+
+FS = 48_000
+
+
+def _signal(seed: int, onsets: list[float], snr_db: float, n: int, noise_rms: float = 1e-3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, noise_rms, n)
+    amp = noise_rms * 10 ** (snr_db / 20)      # peak amplitude over noise rms
+    for on in onsets:
+        x += friedlander(n, on, amp, FS)
+    return x
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_onset_within_one_sample_at_20db_snr(seed):
+    rng = np.random.default_rng(100 + seed)
+    onsets = sorted(FS * (0.8 + 0.5 * k) + rng.uniform(0, 1) for k in range(6))
+    x = _signal(seed, onsets, 20.0, int(FS * 4.0))
+    found = detect(x, DetectorConfig(), FS)
+    assert len(found) == len(onsets)
+    errors = np.array([o.frame for o in found]) - np.array(onsets)
+    assert np.max(np.abs(errors)) <= 1.0, errors
+
+
+def test_nothing_in_pure_noise_and_silence():
+    rng = np.random.default_rng(7)
+    assert detect(rng.normal(0, 1e-3, FS * 5), DetectorConfig(), FS) == []
+    assert detect(np.zeros(FS * 2), DetectorConfig(), FS) == []
+
+
+def test_digital_silence_padding_does_not_trigger():
+    """Recordings padded with exact zeros: noise starting after the padding is not an onset."""
+    rng = np.random.default_rng(8)
+    x = np.concatenate([np.zeros(FS), rng.normal(0, 1e-3, FS * 3), np.zeros(FS)])
+    x[int(FS * 3.0):] += friedlander(x.size - int(FS * 3.0), 0.0, 0.05, FS)
+    found = detect(x, DetectorConfig(), FS)
+    assert [round(o.frame / FS, 2) for o in found] == [3.0]
+
+
+def test_burst_at_15_rounds_per_second_gives_every_round():
+    onsets = [FS * 1.0 + k * FS / 15 for k in range(10)]
+    x = _signal(3, onsets, 30.0, FS * 3)
+    found = detect(x, DetectorConfig(), FS)
+    assert len(found) == 10
+
+
+def test_snippet_and_features():
+    x = _signal(4, [FS * 1.5 + 0.25], 30.0, FS * 3)
+    (o,) = detect(x, DetectorConfig(), FS)
+    cfg = DetectorConfig()
+    assert o.snippet.dtype == np.int16
+    assert o.snippet.size == round((cfg.snippet_pre_s + cfg.snippet_post_s) * FS)
+    assert o.snippet_first_frame <= o.frame < o.snippet_first_frame + o.snippet.size
+    assert o.snr_db > 10
+    assert -40 < o.peak_dbfs < -20       # 10**(30/20) * 1e-3 = 0.0316 → −30 dBFS
+    assert set(o.features) >= {"rise_ms", "duration_ms", "centroid_hz", "clipped_frac"}
+
+
+def test_works_at_12_khz():
+    fs = 12_000
+    n = fs * 3
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1e-3, n) + friedlander(n, fs * 1.3 + 0.4, 0.03, fs)
+    (o,) = detect(x, DetectorConfig(), fs)
+    assert abs(o.frame - (fs * 1.3 + 0.4)) <= 1.0
+
+
+def test_aic_pick_finds_variance_change():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, 300), rng.normal(0, 20, 100)])
+    assert abs(aic_pick(x) - 300) <= 2
+
+
+_WHOLE = _signal(11, [FS * 0.9 + 0.3, FS * 1.7, FS * 1.8 + 0.6, FS * 2.95], 25.0, FS * 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=FS // 2), min_size=1, max_size=30))
+def test_chunked_equals_whole(cuts):
+    """Any chunking of the stream yields exactly the whole-signal onsets."""
+    whole = detect(_WHOLE, DetectorConfig(), FS)
+    det = Detector(DetectorConfig(), FS)
+    got = []
+    i = 0
+    for c in cuts:
+        got += det.process(_WHOLE[i:i + c])
+        i += c
+        if i >= _WHOLE.size:
+            break
+    got += det.process(_WHOLE[i:]) + det.flush()
+    assert len(got) == len(whole) == 4
+    for a, b in zip(got, whole):
+        assert a.frame == b.frame
+        assert a.trigger_frame == b.trigger_frame
+        assert a.snippet_first_frame == b.snippet_first_frame
+        assert np.array_equal(a.snippet, b.snippet)
+        assert a.features == b.features
