@@ -1,0 +1,188 @@
+"""`earwitness locate PATH`: locate shots in a recording set, offline.
+
+The same code as the live system: each node's WAV goes through the node's
+:class:`~node.detector.Detector` and :func:`~node.pipeline.onset_to_event` (with a
+fixed timebase from the recording's GPS start stamp), and the resulting events go
+through the server's :class:`~server.engine.Engine` (association, solver,
+incidents). Arrival picks given in the set (another system's detector) skip the
+detector and enter the engine as events directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+
+from common.config import AssociationConfig, DetectorConfig, ServerConfig
+from common.protocol import Event
+from common.recording_set import RecordingSet, RecordingSetError, SetNode, load_set
+from common.timefmt import ns_to_iso
+from node.detector import Detector
+from node.pipeline import onset_to_event
+from node.timebase import FixedTimebase
+from node.wav_source import WavError, read_wav
+from server.engine import Engine, ShotReport
+
+Mode = Literal["auto", "picks", "audio"]
+#: Timing uncertainty of a recording's GPS start stamp (1 σ, ns).
+WAV_TIMING_SIGMA_NS = 50_000.0
+#: Default 1-σ uncertainty of externally supplied picks (s): 1 ms resolution.
+PICK_SIGMA_S = 0.0005
+CHUNK_S = 10.0
+
+
+def node_events_from_wav(node: SetNode, detector_cfg: DetectorConfig) -> list[Event]:
+    """Run the node detector over one WAV and return its events (seq from 0)."""
+    samples, fs = read_wav(node.wav)
+    x = samples[:, 0]
+    tb = FixedTimebase(node.start_utc_ns, fs, sigma_ns=WAV_TIMING_SIGMA_NS, mode="fixed")
+    det = Detector(detector_cfg, fs)
+    onsets = []
+    step = int(CHUNK_S * fs)
+    for i in range(0, x.size, step):
+        onsets += det.process(x[i:i + step])
+    onsets += det.flush()
+    pos = _position(node)
+    return [onset_to_event(o, node_id=node.id, seq=k, timebase=tb, sample_rate_hz=fs, position=pos)
+            for k, o in enumerate(onsets)]
+
+
+def _position(node: SetNode):
+    from common.config import Position
+
+    return Position(node.lat, node.lon, node.alt)
+
+
+def pick_events(rs: RecordingSet, pick_sigma_s: float = PICK_SIGMA_S) -> list[Event]:
+    """The set's arrival picks as events (no snippet: nothing to cross-correlate)."""
+    out = []
+    for k, a in enumerate(sorted(rs.arrivals, key=lambda a: a.t_utc_ns)):
+        n = rs.node(a.node)
+        out.append(Event(node_id=n.id, seq=k, t_utc_ns=a.t_utc_ns, sigma_ns=pick_sigma_s * 1e9,
+                         sample_rate_hz=1000.0, peak_dbfs=0.0, snr_db=float(a.snr_db or 0.0),
+                         snippet_t0_ns=a.t_utc_ns, snippet=np.zeros(0, dtype=np.int16),
+                         lat=n.lat, lon=n.lon, alt=n.alt))
+    return out
+
+
+def choose_mode(rs: RecordingSet, mode: Mode) -> Literal["picks", "audio"]:
+    has_audio = any(n.wav is not None for n in rs.nodes)
+    if mode == "auto":
+        return "audio" if has_audio else "picks"
+    if mode == "audio" and not has_audio:
+        raise RecordingSetError(f"{rs.path}: no node has a wav, so audio mode has nothing to analyse; "
+                                "use --mode picks")
+    if mode == "picks" and not rs.arrivals:
+        raise RecordingSetError(f"{rs.path}: the set has no arrivals, so picks mode has nothing to locate; "
+                                "use --mode audio")
+    return mode
+
+
+def server_config_for(rs: RecordingSet, base: ServerConfig | None = None) -> ServerConfig:
+    """The server config a replay uses: the set's temperature; no clock check."""
+    base = base or ServerConfig(database=":memory:", allow_plaintext=True)
+    return replace(base, temperature_c=rs.temperature_c if rs.temperature_c is not None else base.temperature_c,
+                   max_clock_skew_s=0.0)
+
+
+def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
+               detector_cfg: DetectorConfig | None = None, workers: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[ShotReport]:
+    """Locate every shot in a recording set; returns the located rounds in time order."""
+    m = choose_mode(rs, mode)
+    scfg = server_config_for(rs, cfg)
+    engine = Engine(scfg, store=None)
+    if m == "picks":
+        events = pick_events(rs)
+    else:
+        dcfg = detector_cfg or DetectorConfig()
+        nodes = [n for n in rs.nodes if n.wav is not None]
+        events = []
+        workers = workers if workers is not None else min(len(nodes), os.cpu_count() or 1)
+        if workers > 1 and len(nodes) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for k, evs in enumerate(pool.map(node_events_from_wav, nodes, [dcfg] * len(nodes))):
+                    events += evs
+                    if progress:
+                        progress(k + 1, len(nodes))
+        else:
+            for k, n in enumerate(nodes):
+                events += node_events_from_wav(n, dcfg)
+                if progress:
+                    progress(k + 1, len(nodes))
+    events.sort(key=lambda e: e.t_utc_ns)
+    engine.ingest_events(events, received_ns=0)
+    return sorted(engine.finish(), key=lambda r: r.t_utc_ns)
+
+
+# ------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="earwitness locate",
+        description="Locate shots in a recording set (a directory with set.json, or the file itself): "
+                    "WAVs go through the node detector, picks straight to the server's association and solver.")
+    p.add_argument("path", help="recording set directory or set.json (see docs/recording-set.md)")
+    p.add_argument("--mode", choices=["auto", "picks", "audio"], default="auto",
+                   help="audio: detect onsets in the WAVs; picks: use the set's arrivals (default: audio if any WAV)")
+    p.add_argument("--json", action="store_true", help="one JSON line per located shot")
+    p.add_argument("--plot", metavar="FILE.png", help="draw a map of nodes and located shots")
+    p.add_argument("--temperature", type=float, help="air temperature in °C (overrides the set's)")
+    return p
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 30
+    fill = int(width * done / max(total, 1))
+    print(f"\r  detecting [{'#' * fill}{'.' * (width - fill)}] {done}/{total} nodes", end="", file=sys.stderr,
+          flush=True)
+    if done == total:
+        print(file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rs = load_set(args.path)
+        if args.temperature is not None:
+            rs = replace(rs, temperature_c=args.temperature)
+        reports = locate_set(rs, args.mode, progress=_progress_bar if sys.stderr.isatty() else None)
+    except (RecordingSetError, WavError, FileNotFoundError) as exc:
+        print(f"earwitness locate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        for r in reports:
+            print(json.dumps(r.to_json()))
+    else:
+        print(f"{'incident':>8} {'round':>5}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7} "
+              f"{'rms ms':>6}  nodes")
+        for r in reports:
+            print(f"{r.incident:>8} {r.round:>5}  {ns_to_iso(r.t_utc_ns):<26} {r.lat:>11.6f} {r.lon:>12.6f} "
+                  f"{r.error_m:>7.1f} {r.residual_ms:>6.2f}  {len(r.nodes)}: {', '.join(r.nodes)}")
+        print(f"{len(reports)} shots located", file=sys.stderr)
+    if args.plot:
+        from common.geodesy import LocalFrame
+        from server.plot import MapShot, draw_map
+
+        lats = np.array([n.lat for n in rs.nodes])
+        lons = np.array([n.lon for n in rs.nodes])
+        frame = LocalFrame(float(lats.mean()), float(lons.mean()), 0.0)
+        nodes_xy = frame.to_enu(lats, lons, np.zeros_like(lats))[:, :2]
+        shots = []
+        for r in reports:
+            xy = frame.to_enu(r.lat, r.lon, 0.0)[:2]
+            shots.append(MapShot((float(xy[0]), float(xy[1])), r.error_m, r.incident, f"{r.incident}.{r.round}"))
+        truth_xy = None
+        if rs.truth:
+            truth_xy = np.array([frame.to_enu(t.lat, t.lon, 0.0)[:2] for t in rs.truth])
+        draw_map(args.plot, nodes_xy, [n.id for n in rs.nodes], shots, truth_xy=truth_xy,
+                 title=f"earwitness locate: {len(reports)} shots")
+        print(f"map written to {args.plot}", file=sys.stderr)
+    return 0
