@@ -136,12 +136,18 @@ class AssociationConfig:
     """Grouping events from many nodes into shots (server/association.py)."""
 
     min_nodes: int = 4
-    #: Of the nodes within ``hearing_range_m`` of a shot, at least this fraction
-    #: must have heard it.
-    min_fraction: float = 0.6
+    #: Of the nodes no further from a shot than the furthest node that heard it
+    #: (and within ``hearing_range_m``), at least this fraction must have heard it.
+    min_fraction: float = 0.5
     hearing_range_m: float = 2000.0
-    #: Arrival-time residual (s) within which an event is consistent with a shot.
-    tolerance_s: float = 0.002
+    #: Largest acceptable expected number of chance alignments of unrelated
+    #: sounds as good as a candidate shot (see server/association.py).
+    max_chance: float = 0.01
+    #: An arrival belongs to a shot if its residual is within ``tolerance_sigmas``
+    #: times the typical timing error (the events' own σ combined with the
+    #: solver's ``model_sigma_s``), and never less than ``tolerance_s``.
+    tolerance_sigmas: float = 4.0
+    tolerance_s: float = 0.0005
     #: How long after the network's watermark passes an event it may wait (s).
     latency_s: float = 0.5
     grid_step_m: float = 10.0
@@ -157,11 +163,21 @@ class SolverConfig:
     #: Typical height of the nodes' microphones above the ground (m): the ground
     #: is taken to be this far below the nodes' median altitude.
     node_height_m: float = 5.0
-    mode: Literal["2d", "3d", "auto"] = "2d"
+    #: "2d": height fixed at ``source_height_m`` above the ground; "3d": height
+    #: free; "auto": 3-D with a prior (± ``height_sigma_m``) around that height, so
+    #: the height is solved only where nearby nodes resolve it.
+    mode: Literal["2d", "3d", "auto"] = "auto"
+    height_sigma_m: float = 3.0
     #: Prior 1-σ timing error added to every event's own (s): models node position
     #: and propagation errors.
-    model_sigma_s: float = 0.0002
+    model_sigma_s: float = 0.0005
     refine_xcorr: bool = True
+    #: Fit the speed of sound as well when a shot has at least this many arrivals
+    #: (0: never). Its prior is the configured temperature ± ``temperature_sigma_c``
+    #: (± ``unknown_temperature_sigma_c`` when no temperature is configured).
+    fit_speed_min_nodes: int = 6
+    temperature_sigma_c: float = 2.0
+    unknown_temperature_sigma_c: float = 12.0
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class NodeRunner:
         stop = stop or threading.Event()
         attempt = 0
         started = False
+        self._heartbeat()           # say hello (and where we are) before any audio
         while not stop.is_set():
             try:
                 if not started:

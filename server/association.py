@@ -23,6 +23,7 @@ shot's arrival at the same node, is such a ghost and is not a shot.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,11 +87,18 @@ class Grid:
 class Associator:
     """Streaming associator. ``add`` arrivals, ``step(watermark_ns)`` to decide."""
 
-    def __init__(self, cfg: AssociationConfig, c_mps: float, z_source: float | None,
-                 model_sigma_s: float = 0.0002) -> None:
+    def __init__(self, cfg: AssociationConfig, c_mps: float | tuple[float, ...], z_source: float | None,
+                 model_sigma_s: float = 0.0002, z_sigma: float | None = None) -> None:
+        """``c_mps``: the speed of sound, or several candidates when the air
+        temperature is unknown (each seed is tried with each; the best fit wins).
+        ``z_source``: expected source height (m ENU); ``z_sigma``: None to hold it
+        fixed (2-D), else the width (m) of a prior around it (3-D with a prior);
+        ``z_source=None``: unconstrained 3-D."""
         self.cfg = cfg
-        self.c = float(c_mps)
+        self.c_candidates = tuple(float(c) for c in np.atleast_1d(c_mps))
+        self.c = min(self.c_candidates)       # for the longest possible travel time
         self.z_source = z_source
+        self.z_sigma = z_sigma
         self.model_sigma_s = model_sigma_s
         self._pending: list[Arrival] = []
         self._nodes: dict[str, np.ndarray] = {}
@@ -99,21 +107,28 @@ class Associator:
 
     # ------------------------------------------------------------- inputs
     def add(self, arrival: Arrival) -> None:
-        if arrival.node not in self._nodes or not np.allclose(self._nodes[arrival.node], arrival.pos, atol=0.5):
-            self._nodes[arrival.node] = np.asarray(arrival.pos, dtype=float)
-            self._grid = None
+        self.add_node(arrival.node, arrival.pos)
         self._pending.append(arrival)
+
+    def add_node(self, node: str, pos: np.ndarray) -> None:
+        """Make a node known (from its heartbeat) before it reports any arrival, so
+        the search area and the waiting time cover it from the start."""
+        if node not in self._nodes or not np.allclose(self._nodes[node], pos, atol=0.5):
+            self._nodes[node] = np.asarray(pos, dtype=float)
+            self._grid = None
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     def max_travel_ns(self) -> int:
-        """Longest time one shot's arrivals can be spread over (the widest node pair)."""
-        if len(self._nodes) < 2:
-            return 0
-        p = np.array(list(self._nodes.values()))
-        span = float(np.max(np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=2)))
+        """Longest time one shot's arrivals can be spread over: the widest node
+        pair, and at least ``hearing_range_m`` (nodes not yet heard from may lie
+        further out)."""
+        span = self.cfg.hearing_range_m
+        if len(self._nodes) >= 2:
+            p = np.array(list(self._nodes.values()))
+            span = max(span, float(np.max(np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=2))))
         return int((span / self.c + 0.05) * 1e9)
 
     # ------------------------------------------------------------- decide
@@ -134,32 +149,34 @@ class Associator:
                      if watermark_ns is None or a.t_ns + wait_ns <= watermark_ns]
             if not ready:
                 break
-            cands: list[Association] = []
             for seed in ready:
                 if seed.key not in cache:
                     cache[seed.key] = self._try_seed(seed)
-                cand = cache[seed.key]
-                if cand is not None and not self._is_echo_ghost(cand):
-                    cands.append(cand)
-            best: Association | None = None
-            for cand in cands:
-                if best is None or self._better(cand, best):
-                    best = cand
-            if best is not None:
-                # of a shot and its echoes' mirror-image ghost, the shot comes first
-                for cand in cands:
-                    if _mirrors(best, cand):
-                        best = cand
-            if best is None:
-                keys = {a.key for a in ready}
+            # An arrival whose own search found nothing may still belong to a shot
+            # found from another seed; only when no ready seed yields a shot are
+            # the ready arrivals left over put aside (echoes, local sounds, …).
+            cands = [cache[a.key] for a in ready
+                     if cache[a.key] is not None and not self._is_echo_ghost(cache[a.key])]
+            if not cands:
                 rejected.extend(ready)
+                keys = {a.key for a in ready}
                 self._pending = [a for a in self._pending if a.key not in keys]
+                break
+            best = cands[0]
+            for cand in cands[1:]:
+                if self._better(cand, best):
+                    best = cand
+            # of a shot and its echoes' mirror-image ghost, the shot comes first
+            for cand in cands:
+                if _mirrors(best, cand):
+                    best = cand
+            # commit only once every arrival of it is itself old enough that any
+            # competing candidate for those arrivals has been seen too
+            if watermark_ns is not None and max(a.t_ns for a in best.arrivals) + wait_ns > watermark_ns:
                 break
             used = {a.key for a in best.arrivals}
             self._pending = [a for a in self._pending if a.key not in used]
-            cache = {k: v for k, v in cache.items()
-                     if k not in used and (v is None or not used & {a.key for a in v.arrivals})}
-            # a seed whose candidate vanished may now fit a different shot: retry it
+            cache = _without(cache, used)
             shots.append(best)
             self._recent.append(best)
         if self._recent:
@@ -188,28 +205,61 @@ class Associator:
         return by_node
 
     def _try_seed(self, seed: Arrival) -> Association | None:
-        cfg = self.cfg
         if seed.sigma_s > MAX_SIGMA_S:
             return None
         cands = self._candidates(seed)
-        if len(cands) + 1 < cfg.min_nodes:
+        if len(cands) + 1 < self.cfg.min_nodes:
             return None
+        best: Association | None = None
+        for c in self.c_candidates:
+            cand = self._try_seed_at(seed, cands, c)
+            if cand is not None and (best is None or self._better(cand, best)):
+                best = cand
+        if best is None or not self._enough_nodes(best) or self._chance(best, cands) > self.cfg.max_chance:
+            return None
+        return best
+
+    def _chance(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
+        """Expected number of chance alignments as good as ``cand`` among the
+        arrivals around its seed, if none of them came from a common source.
+
+        Three arrivals (the seed and two others) always fit some source; each
+        further node fits by chance with probability q = 2·τ·λ (τ: the fine
+        tolerance, λ: that node's rate of arrivals around the seed). Multiplied
+        by the number of ways to pick the triple and the extra nodes. A real
+        shot heard by many nodes scores far below ``max_chance``; four stray
+        sounds that happen to line up, in a busy neighbourhood, do not."""
+        span_s = 2.0 * self.max_travel_ns() * 1e-9 or 1.0
+        rates = {n: len(arr) / span_s for n, arr in cands.items()}
+        tau = self._fine_tolerance(list(cand.arrivals))
+        heard = [a.node for a in cand.arrivals[1:] if a.node in rates]
+        k_extra = len(cand.arrivals) - 3
+        if k_extra <= 0:
+            return float("inf")
+        q = sorted((min(1.0, 2.0 * tau * rates[n]) for n in heard), reverse=True)[:k_extra]
+        others = len(rates)
+        mean_n = float(np.mean([len(a) for a in cands.values()])) if cands else 0.0
+        triples = math.comb(others, 2) * mean_n**2
+        extras = math.comb(max(others - 2, 0), k_extra)
+        return float(triples * extras * np.prod(q))
+
+    def _try_seed_at(self, seed: Arrival, cands: dict[str, list[Arrival]], c: float) -> Association | None:
+        """Grid search then refinement for one seed at speed of sound ``c``."""
+        cfg = self.cfg
         grid = self._grid_for()
         d0 = grid.distances(seed.node, seed.pos)
-        t_emit = -d0 / self.c                      # s relative to the seed's arrival
-        tol_c = grid.step_m * 0.75 / self.c + cfg.tolerance_s
+        t_emit = -d0 / c                           # s relative to the seed's arrival
+        tol_c = grid.step_m * 0.75 / c + self._fine_tolerance([seed] + [a for arr in cands.values() for a in arr])
         count = np.ones(len(d0))
         for node, arr in cands.items():
             times = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in arr])
-            pred = t_emit + grid.distances(node, arr[0].pos) / self.c
-            idx = np.clip(np.searchsorted(times, pred), 1, len(times)) if len(times) > 1 else np.zeros(len(pred), int)
-            if len(times) > 1:
-                near = np.minimum(np.abs(times[idx - 1] - pred), np.abs(times[np.minimum(idx, len(times) - 1)] - pred))
-            else:
-                near = np.abs(times[0] - pred)
-            count += np.clip(1.0 - near / tol_c, 0.0, None) ** 0.5 * (near < tol_c)
-        best_n = count.max()
-        if best_n < cfg.min_nodes - 0.5:
+            pred = t_emit + grid.distances(node, arr[0].pos) / c
+            idx = np.searchsorted(times, pred)
+            lo = np.abs(times[np.maximum(idx - 1, 0)] - pred)
+            hi = np.abs(times[np.minimum(idx, len(times) - 1)] - pred)
+            near = np.minimum(lo, hi)
+            count += np.sqrt(np.clip(1.0 - near / tol_c, 0.0, None))
+        if count.max() < cfg.min_nodes - 0.5:
             return None
         order = np.argsort(-count)
         tried: list[np.ndarray] = []
@@ -221,82 +271,93 @@ class Associator:
             if any(np.linalg.norm(p[:2] - q[:2]) < 4 * grid.step_m for q in tried):
                 continue
             tried.append(p)
-            cand = self._refine(seed, cands, p, tol_c)
+            cand = self._refine(seed, cands, p, tol_c, c)
             if cand is not None and (best is None or self._better(cand, best)):
                 best = cand
             if len(tried) >= 3:
                 break
-        if best is None or not self._enough_nodes(best):
-            return None
         return best
 
     def _enough_nodes(self, cand: Association) -> bool:
-        """At least ``min_fraction`` of the nodes within ``hearing_range_m`` of the
-        solution must have heard it: a real shot is heard by most nearby nodes, a
-        chance alignment of unrelated sounds by few."""
+        """A real shot heard at some distance is heard by most nodes closer than
+        that; a chance alignment of unrelated sounds is "heard" by a few nodes with
+        silent ones between them. Of the nodes no further from the solution than
+        the furthest node that heard it (and within ``hearing_range_m``), at least
+        ``min_fraction`` must have heard it."""
         p = cand.solution.pos
-        near = sum(1 for q in self._nodes.values()
-                   if np.linalg.norm(q[:2] - p[:2]) <= self.cfg.hearing_range_m)
-        return cand.solution.n_used >= max(self.cfg.min_nodes, int(np.ceil(self.cfg.min_fraction * near)))
+        heard = {a.node for a in cand.arrivals}
+        dist = {n: float(np.linalg.norm(q[:2] - p[:2])) for n, q in self._nodes.items()}
+        reach = min(max(dist[n] for n in heard), self.cfg.hearing_range_m)
+        near = sum(1 for n, d in dist.items() if d <= reach)
+        return len(heard) >= max(self.cfg.min_nodes, int(np.ceil(self.cfg.min_fraction * near)))
 
     @staticmethod
     def _better(a: Association, b: Association) -> bool:
         na, nb = a.solution.n_used, b.solution.n_used
         return na > nb or (na == nb and a.solution.rms_s < b.solution.rms_s)
 
+    def _fine_tolerance(self, arrivals: list[Arrival]) -> float:
+        """How far (s) an arrival may be from a shot's prediction and still belong
+        to it: ``tolerance_sigmas`` × the typical timing error (the arrivals' own,
+        with the model error), never less than ``tolerance_s``."""
+        sig = float(np.median([a.sigma_s for a in arrivals]))
+        return max(self.cfg.tolerance_s, self.cfg.tolerance_sigmas * float(np.hypot(sig, self.model_sigma_s)))
+
+    def _solve(self, seed: Arrival, chosen: list[Arrival], c: float, p: np.ndarray,
+               max_reject: int | None) -> Solution | None:
+        rec = np.array([a.pos for a in chosen])
+        ts = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in chosen])
+        sig = np.sqrt(np.array([a.sigma_s for a in chosen]) ** 2 + self.model_sigma_s**2)
+        fixed = self.z_source if self.z_sigma is None else None
+        prior = (self.z_source, self.z_sigma) if self.z_sigma is not None and self.z_source is not None else None
+        return solve(rec, ts, sig, c, x0=p, z_source=fixed, z_prior=prior, min_used=self.cfg.min_nodes,
+                     reject_sigma=max(self.cfg.tolerance_sigmas, self.cfg.tolerance_s / float(np.median(sig))),
+                     max_reject=max_reject)
+
     def _refine(self, seed: Arrival, cands: dict[str, list[Arrival]], p0: np.ndarray,
-                tol_c: float) -> Association | None:
+                tol_c: float, c: float) -> Association | None:
+        """From a grid cell: pick each node's arrival nearest the prediction, solve,
+        and repeat with the fine tolerance; then keep only arrivals that fit."""
         cfg = self.cfg
+        fine = self._fine_tolerance([seed] + [a for arr in cands.values() for a in arr])
         p = p0.copy()
-        t0 = -np.linalg.norm(p - seed.pos) / self.c
+        t0 = -np.linalg.norm(p - seed.pos) / c
         tol = tol_c
         sol: Solution | None = None
         chosen: list[Arrival] = []
         for it in range(3):
             chosen = [seed]
             for node, arr in cands.items():
-                pred = t0 + np.linalg.norm(p - arr[0].pos) / self.c
+                pred = t0 + np.linalg.norm(p - arr[0].pos) / c
                 dt = [abs((a.t_ns - seed.t_ns) * 1e-9 - pred) for a in arr]
                 k = int(np.argmin(dt))
                 if dt[k] < tol:
                     chosen.append(arr[k])
             if len(chosen) < cfg.min_nodes:
                 return None
-            rec = np.array([a.pos for a in chosen])
-            ts = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in chosen])
-            sig = np.sqrt(np.array([a.sigma_s for a in chosen]) ** 2 + self.model_sigma_s**2)
-            sol = solve(rec, ts, sig, self.c, x0=p, z_source=self.z_source, min_used=cfg.min_nodes,
-                        reject_sigma=max(4.0, cfg.tolerance_s / float(np.median(sig))),
-                        max_reject=None if it == 2 else 0)
+            sol = self._solve(seed, chosen, c, p, None if it == 2 else 0)
             if sol is None:
                 return None
             p, t0 = sol.pos, sol.t0_s
-            tol = max(cfg.tolerance_s, 4 * self.model_sigma_s)
+            tol = fine
         assert sol is not None
-        resid_ok = np.abs(sol.residuals_s) < max(cfg.tolerance_s, 4 * self.model_sigma_s)
-        keep = sol.used & resid_ok
+        keep = sol.used & (np.abs(sol.residuals_s) < fine)
         if not keep[0] or keep.sum() < cfg.min_nodes:
             return None
-        if not np.array_equal(keep, sol.used):
-            rec = np.array([a.pos for a in chosen])[keep]
-            ts = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in chosen])[keep]
-            sig = np.sqrt(np.array([a.sigma_s for a in chosen])[keep] ** 2 + self.model_sigma_s**2)
-            sol = solve(rec, ts, sig, self.c, x0=p, z_source=self.z_source, max_reject=0)
-            if sol is None:
-                return None
-            chosen = [a for a, k in zip(chosen, keep) if k]
-        else:
-            chosen = [a for a, k in zip(chosen, sol.used) if k]
-            rec = np.array([a.pos for a in chosen])
-            ts = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in chosen])
-            sig = np.sqrt(np.array([a.sigma_s for a in chosen]) ** 2 + self.model_sigma_s**2)
-            sol = solve(rec, ts, sig, self.c, x0=p, z_source=self.z_source, max_reject=0)
-            if sol is None:
-                return None
+        chosen = [a for a, k in zip(chosen, keep) if k]
+        sol = self._solve(seed, chosen, c, p, 0)
+        if sol is None:
+            return None
         return Association(arrivals=tuple(chosen), solution=sol, ref_ns=seed.t_ns)
 
     def _is_echo_ghost(self, cand: Association) -> bool:
         return any(_mirrors(cand, shot) for shot in self._recent)
+
+
+def _without(cache: dict[int, Association | None], keys: set[int]) -> dict[int, Association | None]:
+    """The cache less the seeds in ``keys`` and every candidate that used one of them."""
+    return {k: v for k, v in cache.items()
+            if k not in keys and (v is None or not keys & {a.key for a in v.arrivals})}
 
 
 def _mirrors(ghost: Association, shot: Association) -> bool:

@@ -20,6 +20,7 @@ from common.geodesy import LocalFrame
 from common.protocol import Event, Heartbeat
 from common.timefmt import ns_to_iso, ns_to_s
 from server.association import Arrival, Association, Associator
+from server.solver import solve
 from server.incidents import IncidentTracker
 from server.store import Store
 
@@ -72,8 +73,15 @@ class Engine:
         self.clock_ns = clock_ns
         self.c = speed_of_sound(cfg.temperature_c)
         self.frame: LocalFrame | None = None
-        self.assoc = Associator(cfg.association, self.c, z_source=None,
-                                model_sigma_s=cfg.solver.model_sigma_s)
+        if cfg.temperature_c is None:
+            # unknown air: try -10 … +35 °C in association, then fit c per shot
+            c_try: tuple[float, ...] = tuple(speed_of_sound(t) for t in (-10.0, 0.0, 10.0, 20.0, 30.0))
+            self.c_sigma = 0.6 * cfg.solver.unknown_temperature_sigma_c
+        else:
+            c_try = (self.c,)
+            self.c_sigma = 0.6 * cfg.solver.temperature_sigma_c
+        self.assoc = Associator(cfg.association, c_try, z_source=None, model_sigma_s=cfg.solver.model_sigma_s,
+                                z_sigma=cfg.solver.height_sigma_m if cfg.solver.mode == "auto" else None)
         self.incidents = IncidentTracker(cfg.incidents)
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
@@ -122,6 +130,10 @@ class Engine:
         else:
             mark.stream_ns = max(mark.stream_ns, hb.stream_utc_ns)
             mark.last_wall_ns = received_ns
+        if not (hb.lat == 0.0 and hb.lon == 0.0):       # 0, 0: position not known yet
+            pos = self._enu(hb.lat, hb.lon, hb.alt)
+            self._note_node_z(hb.node_id, pos)
+            self.assoc.add_node(hb.node_id, pos)
         if self.store is not None:
             with self.store.transaction():
                 self.store.update_node(hb, received_ns)
@@ -133,9 +145,7 @@ class Engine:
 
     def _queue(self, ev: Event, key: int) -> None:
         pos = self._enu(ev.lat, ev.lon, ev.alt)
-        if self._node_z.get(ev.node_id) != float(pos[2]):
-            self._node_z[ev.node_id] = float(pos[2])
-            self.assoc.z_source = self._z_source()
+        self._note_node_z(ev.node_id, pos)
         sigma_s = ev.sigma_ns * 1e-9
         self.assoc.add(Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=sigma_s, pos=pos,
                                peak_dbfs=ev.peak_dbfs, degraded=ev.degraded))
@@ -147,7 +157,14 @@ class Engine:
             mark.stream_ns = max(mark.stream_ns, ev.t_utc_ns)
             mark.last_wall_ns = now
 
+    def _note_node_z(self, node: str, pos: np.ndarray) -> None:
+        if self._node_z.get(node) != float(pos[2]):
+            self._node_z[node] = float(pos[2])
+            self.assoc.z_source = self._z_source()
+
     def _z_source(self) -> float | None:
+        """Expected source height (m ENU): ``source_height_m`` above the ground,
+        which lies ``node_height_m`` below the nodes' median altitude."""
         if self.cfg.solver.mode == "3d":
             return None
         ground = float(np.median(list(self._node_z.values()))) - self.cfg.solver.node_height_m
@@ -190,11 +207,28 @@ class Engine:
                 reports.append(self._report(shot, now))
         return reports
 
+    def _final_solution(self, shot: Association):
+        """The association's solution, re-solved with the speed of sound fitted
+        too when enough nodes heard the shot (the air is never exactly as assumed)."""
+        n = len(shot.arrivals)
+        if self.cfg.solver.fit_speed_min_nodes <= 0 or n < self.cfg.solver.fit_speed_min_nodes:
+            return shot.solution
+        rec = np.array([a.pos for a in shot.arrivals])
+        ts = np.array([(a.t_ns - shot.ref_ns) * 1e-9 for a in shot.arrivals])
+        sig = np.sqrt(np.array([a.sigma_s for a in shot.arrivals]) ** 2 + self.cfg.solver.model_sigma_s**2)
+        z = self.assoc.z_source
+        mode = self.cfg.solver.mode
+        sol = solve(rec, ts, sig, shot.solution.c_mps or self.c, x0=shot.solution.pos,
+                    z_source=z if mode == "2d" else None,
+                    z_prior=(z, self.cfg.solver.height_sigma_m) if mode == "auto" and z is not None else None,
+                    max_reject=0, c_sigma=self.c_sigma)
+        return sol if sol is not None else shot.solution
+
     def _report(self, shot: Association, now_ns: int) -> ShotReport:
-        sol = shot.solution
+        sol = self._final_solution(shot)
         assert self.frame is not None
         lat, lon, alt = (float(v) for v in self.frame.to_wgs84(sol.pos))
-        t_ns = shot.t0_ns
+        t_ns = shot.ref_ns + int(round(sol.t0_s * 1e9))
         nodes = tuple(a.node for a in shot.arrivals)
         key_for_new = None
         if self.store is not None and self.incidents.would_open(t_ns, sol.pos):

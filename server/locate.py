@@ -34,8 +34,9 @@ from server.engine import Engine, ShotReport
 Mode = Literal["auto", "picks", "audio"]
 #: Timing uncertainty of a recording's GPS start stamp (1 σ, ns).
 WAV_TIMING_SIGMA_NS = 50_000.0
-#: Default 1-σ uncertainty of externally supplied picks (s): 1 ms resolution.
-PICK_SIGMA_S = 0.0005
+#: Default 1-σ uncertainty of externally supplied picks (s): ~1 ms, as for picks
+#: exported at 1 ms resolution from another system's detector.
+PICK_SIGMA_S = 0.001
 CHUNK_S = 10.0
 
 

@@ -110,7 +110,7 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
             position=Position(float(lat[i]), float(lon[i]), float(alt[i])),
             audio=AudioConfig(source="sim", sample_rate=SAMPLE_RATE, blocksize=opts.blocksize),
             timebase=TimebaseConfig(mode="simulated"),
-            publisher=PublisherConfig(resend_s=1.0, heartbeat_s=1.0),
+            publisher=PublisherConfig(resend_s=5.0, heartbeat_s=1.0),
         )
         renderer = NodeRenderer(scen, town, i, SAMPLE_RATE, seed=opts.seed)
         source = SimAudioSource(renderer, scen.duration_s, blocksize=opts.blocksize, realtime=opts.realtime)

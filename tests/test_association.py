@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from common.config import AssociationConfig
 from server.association import Arrival, Associator
@@ -72,16 +73,19 @@ def test_streaming_with_a_watermark_gives_the_same_shots():
     _check(found, shots)
 
 
-def test_sounds_heard_by_one_node_only_never_make_shots():
+@pytest.mark.parametrize("seed", range(3))
+def test_sounds_heard_by_one_node_only_never_make_shots(seed):
+    """Unrelated impulses (doors, dogs, traffic) at every node, one every 2 s per
+    node on average: no chance alignment becomes a shot."""
     nodes = _nodes()
-    rng = np.random.default_rng(0)
-    arrivals = [Arrival(k, f"n{k % 8}", REF + int(rng.uniform(0, 20) * 1e9), 2e-5, nodes[k % 8])
-                for k in range(200)]
+    rng = np.random.default_rng(seed)
+    arrivals = [Arrival(k, f"n{k % 8}", REF + int(rng.uniform(0, 60) * 1e9), 2e-5, nodes[k % 8])
+                for k in range(240)]
     assoc = Associator(AssociationConfig(), C, z_source=1.5)
     for a in arrivals:
         assoc.add(a)
     found, rejected = assoc.step(None)
-    assert found == [] and len(rejected) == 200
+    assert found == [] and len(rejected) == 240
 
 
 def test_mirror_image_of_an_echo_is_not_a_shot():
