@@ -72,12 +72,14 @@ class NodeRunner:
     ``status``: returns extra heartbeat fields (GPS, clock, system metrics).
     ``heartbeat_stream_s``: also send a heartbeat every this many seconds of audio
     (lets a faster-than-real-time simulation advance the server's watermark).
+    ``tap``: also called with every block processed (e.g. the recorder).
     """
 
     def __init__(self, cfg: NodeConfig, source: AudioSource, timebase: Timebase, publisher,
                  position: Callable[[], Position | None], *,
                  status: Callable[[], dict] | None = None,
                  heartbeat_stream_s: float | None = None,
+                 tap: Callable[[AudioBlock], None] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
         self.source = source
@@ -89,6 +91,7 @@ class NodeRunner:
         self.fs = float(cfg.audio.sample_rate)
         self.detector = Detector(cfg.detector, self.fs)
         self.heartbeat_stream_s = heartbeat_stream_s
+        self.tap = tap
         self._held: list[Onset] = []
         self._hb_seq = 0
         self._events = 0
@@ -183,6 +186,8 @@ class NodeRunner:
                           overflow=any(b.overflow for b in blocks))
 
     def _process(self, block: AudioBlock) -> None:
+        if self.tap is not None:
+            self.tap(block)
         if block.overflow:
             self._overflows += 1
         if block.first_frame != self.detector.frames_seen:

@@ -32,6 +32,10 @@ from common.config import AssociationConfig
 from server.solver import Solution, solve
 
 ECHO_T0_S = 0.02
+#: Most grid cells refined per seed: in a burst every node hears a comb of
+#: arrivals, many cells line up with some of them, and the right one is not
+#: always among the first few.
+MAX_CELLS = 12
 #: Arrivals whose own timing is worse than this (s, 1-σ) are not used.
 MAX_SIGMA_S = 0.005
 
@@ -274,7 +278,10 @@ class Associator:
             cand = self._refine(seed, cands, p, tol_c, c)
             if cand is not None and (best is None or self._better(cand, best)):
                 best = cand
-            if len(tried) >= 3:
+            # every node with an arrival fits: nothing better can be found
+            if best is not None and best.solution.n_used == len(cands) + 1:
+                break
+            if len(tried) >= MAX_CELLS:
                 break
         return best
 

@@ -1,0 +1,208 @@
+"""`earwitness node --config FILE`: run a field node.
+
+Builds the adapters the config names — microphone (PortAudio) or WAV replay,
+timebase (system clock + chrony, or PPS in the audio), GPS (gpsd), persistent
+outbox, link to the server — and runs :class:`node.pipeline.NodeRunner`.
+Problems (no GPS, no microphone, no clock sync, no server) are logged in one
+clear line each and reported in heartbeats; the node keeps running and recovers
+when the device or service comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common.config import ConfigError, NodeConfig, Position, load_node_config
+from common.timefmt import iso_to_ns
+
+log = logging.getLogger("earwitness.node")
+
+
+def make_source(cfg: NodeConfig):
+    a = cfg.audio
+    if a.source == "sounddevice":
+        from node.sd_audio import SoundDeviceSource
+
+        return SoundDeviceSource(a)
+    if a.source == "wav":
+        if not a.wav_path:
+            raise ConfigError("[audio] source = \"wav\" needs wav_path (and wav_start_utc)")
+        from node.wav_source import WavSource
+
+        return WavSource(a.wav_path, blocksize=max(a.blocksize, 4800), channel=a.mic_channel)
+    raise ConfigError(f"[audio] source = {a.source!r} is only for `earwitness sim`; use \"sounddevice\" or \"wav\"")
+
+
+def make_timebase(cfg: NodeConfig, sample_rate: float):
+    mode = cfg.timebase.mode
+    if mode == "system":
+        from node.timebase_system import SystemClockTimebase
+
+        return SystemClockTimebase(cfg.timebase, sample_rate)
+    if mode == "pps-audio":
+        if cfg.audio.channels <= cfg.timebase.pps_channel:
+            raise ConfigError(f"[timebase] mode = \"pps-audio\" reads PPS from input channel "
+                              f"{cfg.timebase.pps_channel}, but [audio] channels = {cfg.audio.channels}; "
+                              f"set channels = {cfg.timebase.pps_channel + 1}")
+        from node.timebase_pps import PpsAudioTimebase
+
+        return PpsAudioTimebase(cfg.timebase, sample_rate)
+    if mode == "fixed":
+        if not cfg.audio.wav_start_utc:
+            raise ConfigError("[timebase] mode = \"fixed\" needs [audio] wav_start_utc (UTC of the first sample)")
+        from node.timebase import FixedTimebase
+
+        return FixedTimebase(iso_to_ns(cfg.audio.wav_start_utc), sample_rate)
+    raise ConfigError(f"[timebase] mode = {mode!r} is only for `earwitness sim`")
+
+
+class NodeServices:
+    """GPS, survey-in, clock health and system metrics, refreshed in a background
+    thread so that a slow gpsd or chronyc never stalls the audio pipeline."""
+
+    def __init__(self, cfg: NodeConfig, outbox) -> None:
+        from node.chrony import read_clock_health
+        from node.survey import Survey, fix_from_gps
+        from node.sysmetrics import SysMetricsSampler
+
+        self.cfg = cfg
+        self.outbox = outbox
+        self._read_clock = read_clock_health
+        self._fix_from_gps = fix_from_gps
+        self.gps = None
+        if cfg.gps.enabled:
+            from node.gps import GpsClient
+
+            self.gps = GpsClient.from_config(cfg.gps)
+            self.gps.start()
+        self.survey = Survey.from_config(cfg.gps, cfg.position)
+        self.sys = SysMetricsSampler(disk_path=str(Path(cfg.outbox_path).resolve().parent))
+        self._status: dict = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._problems: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._loop, name="node-services", daemon=True)
+        self.refresh()
+        self._thread.start()
+
+    def _note(self, what: str, problem: str) -> None:
+        if problem and self._problems.get(what) != problem:
+            log.warning("%s: %s", what, problem)
+        elif not problem and self._problems.get(what):
+            log.info("%s: OK again", what)
+        self._problems[what] = problem
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        st: dict = {}
+        if self.gps is not None:
+            g = self.gps.state()
+            self.survey.update(self._fix_from_gps(g), now)
+            st.update(g.to_status())
+            self._note("gps", g.problem)
+        sv = self.survey.status(now)
+        st.update(sv.to_status())
+        for alert in sv.alerts:
+            self._note("position", alert.message)
+        clock = self._read_clock()
+        st.update(clock.to_status())
+        self._note("clock", clock.problem)
+        m = self.sys.sample()
+        st.update(m.to_status())
+        ob = self.outbox.stats()
+        st.update({f"outbox_{k}": v for k, v in ob.items() if isinstance(v, (int, float)) or v is None})
+        with self._lock:
+            self._status = st
+            self._position = sv.position
+
+    def _loop(self) -> None:
+        while not self._stop.wait(5.0):
+            try:
+                self.refresh()
+            except Exception as exc:  # never let health reporting kill the node
+                log.warning("health refresh failed: %s", exc)
+
+    def status(self) -> dict:
+        with self._lock:
+            return dict(self._status)
+
+    def position(self) -> Position | None:
+        with self._lock:
+            return self._position
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.gps is not None:
+            self.gps.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="earwitness node", description="Run an Earwitness field node.")
+    p.add_argument("--config", required=True, help="node TOML config (see examples/node.toml)")
+    p.add_argument("--record", metavar="DIR", help="also keep the raw audio as recording sets in DIR "
+                                                   "(for `earwitness locate`)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = load_node_config(args.config)
+        source = make_source(cfg)
+        timebase = make_timebase(cfg, cfg.audio.sample_rate)
+    except (ConfigError, ValueError) as exc:
+        print(f"earwitness node: {exc}", file=sys.stderr)
+        return 2
+    from node.outbox import Outbox, OutboxError
+    from node.pipeline import NodeRunner
+    from node.publisher import CurveClientKeys, Publisher
+
+    try:
+        outbox = Outbox(cfg.outbox_path, cfg.outbox_max_items)
+    except OutboxError as exc:
+        print(f"earwitness node: {exc}", file=sys.stderr)
+        return 2
+    sec = cfg.security
+    curve = None
+    if sec.public_key and sec.secret_key and sec.server_public_key:
+        curve = CurveClientKeys(sec.public_key, sec.secret_key, sec.server_public_key)
+    elif any((sec.public_key, sec.secret_key, sec.server_public_key)):
+        print("earwitness node: [security] needs all three of server_public_key, public_key and secret_key "
+              "(paste the snippet from `earwitness keys enroll`)", file=sys.stderr)
+        return 2
+    else:
+        log.warning("no [security] keys: talking plaintext; the server accepts that only with allow_plaintext")
+    services = NodeServices(cfg, outbox)
+    publisher = Publisher(cfg.id, cfg.server, outbox, cfg.publisher, curve=curve)
+    recorder = None
+    if args.record:
+        from node.recorder import Recorder
+
+        recorder = Recorder(args.record, cfg.id, cfg.audio.sample_rate, cfg.audio.mic_channel,
+                            timebase.to_utc_ns, services.position)
+    runner = NodeRunner(cfg, source, timebase, publisher, services.position, status=services.status,
+                        tap=recorder.write if recorder else None)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info("node %s: audio %s at %d Hz, timebase %s, server %s", cfg.id, cfg.audio.source,
+             cfg.audio.sample_rate, cfg.timebase.mode, cfg.server)
+    try:
+        summary = runner.run(stop)
+        log.info("stopped: %s", summary)
+    finally:
+        if recorder is not None:
+            recorder.close_piece()
+        services.close()
+        publisher.close()
+        outbox.close()
+    return 0

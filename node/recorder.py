@@ -1,0 +1,93 @@
+"""`earwitness node --record DIR`: keep the raw audio as a recording set.
+
+The recorder is fed the same blocks the detector sees (in the pipeline thread,
+never in the audio callback) and writes 16-bit PCM WAV files, one per session
+piece of at most ``max_s`` seconds, each with its own ``set.json`` (see
+docs/recording-set.md) so that ``earwitness locate`` can replay it.
+"""
+
+from __future__ import annotations
+
+import logging
+import wave
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from common.config import Position
+from common.recording_set import RecordingSet, SetNode, write_set
+from common.timefmt import ns_to_iso
+from node.audio import AudioBlock
+
+log = logging.getLogger("earwitness.node.recorder")
+
+
+class Recorder:
+    """Write blocks to ``DIR/<node>-<start>.wav`` and a matching ``set.json``.
+
+    ``to_utc_ns``: the node's timebase (frame → UTC ns), read when a piece is
+    closed so the start time is the best estimate the timebase has by then.
+    """
+
+    def __init__(self, directory: str | Path, node_id: str, sample_rate: int, channel: int,
+                 to_utc_ns: Callable[[float], int], position: Callable[[], Position | None],
+                 max_s: float = 600.0) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = node_id
+        self.fs = int(sample_rate)
+        self.channel = channel
+        self.to_utc_ns = to_utc_ns
+        self.position = position
+        self.max_frames = int(max_s * sample_rate)
+        self._wav: wave.Wave_write | None = None
+        self._path: Path | None = None
+        self._first = 0
+        self._frames = 0
+        self.pieces: list[Path] = []
+
+    def write(self, block: AudioBlock) -> None:
+        if self._wav is not None and (block.first_frame != self._first + self._frames
+                                      or self._frames >= self.max_frames):
+            self.close_piece()
+        if self._wav is None:
+            self._open(block.first_frame)
+        x = block.samples[:, self.channel]
+        pcm = np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
+        assert self._wav is not None
+        self._wav.writeframes(pcm.tobytes())
+        self._frames += len(pcm)
+
+    def _open(self, first_frame: int) -> None:
+        stamp = ns_to_iso(self.to_utc_ns(first_frame), 0).replace(":", "").replace("-", "")
+        self._path = self.dir / f"{self.node_id}-{stamp}-{first_frame}.wav"
+        w = wave.open(str(self._path), "wb")
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(self.fs)
+        self._wav = w
+        self._first = first_frame
+        self._frames = 0
+
+    def close_piece(self) -> Path | None:
+        """Finish the current WAV and write its set.json (next to it, in a folder)."""
+        if self._wav is None or self._path is None:
+            return None
+        self._wav.close()
+        self._wav = None
+        pos = self.position()
+        if pos is None:
+            log.warning("recording %s has no position (no GPS fix and none configured); "
+                        "set.json uses 0, 0 — edit it before replaying", self._path.name)
+            pos = Position(0.0, 0.0, 0.0)
+        piece_dir = self._path.with_suffix("")
+        piece_dir.mkdir(exist_ok=True)
+        wav_path = piece_dir / self._path.name
+        self._path.replace(wav_path)
+        rs = RecordingSet(path=None, temperature_c=None, nodes=(SetNode(
+            id=self.node_id, lat=pos.lat, lon=pos.lon, alt=pos.alt, wav=wav_path,
+            start_utc_ns=self.to_utc_ns(self._first)),))
+        write_set(piece_dir, rs)
+        self.pieces.append(piece_dir)
+        return piece_dir
