@@ -103,6 +103,7 @@ class NodeRunner:
         self._overflows = 0
         self._peak_recent = 0.0
         self._clipped_recent = 0
+        self._last_mark = 0
 
     # ---------------------------------------------------------------- run
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -223,11 +224,23 @@ class NodeRunner:
             self._heartbeat()
 
     def stream_watermark_ns(self, final: bool = False) -> int:
-        """UTC time before which this node will report no further onsets."""
+        """UTC time before which this node will report no further onsets.
+
+        From the timebase while audio flows; while the audio device is down (or
+        before the timebase has any timing) nothing earlier than now can come
+        from this node, so the wall clock — otherwise a node with a dead
+        microphone would hold the whole network's association back."""
         frames = self.detector.frames_seen
         if not final:
             frames -= self.detector.need_after + self.detector.pick_pre
-        return self.timebase.to_utc_ns(max(0, frames))
+        try:
+            mark = self.timebase.to_utc_ns(max(0, frames))
+        except RuntimeError:
+            mark = 0
+        if self._problem or mark == 0:
+            mark = max(mark, time.time_ns())
+        self._last_mark = max(self._last_mark, mark)
+        return self._last_mark
 
     def _heartbeat(self, final: bool = False) -> None:
         pos = self.position()

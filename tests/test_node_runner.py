@@ -1,0 +1,125 @@
+"""NodeRunner: a node with no microphone or no GPS runs, says what is wrong once,
+reports it in heartbeats, and recovers by itself."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import numpy as np
+
+from common.config import AudioConfig, GpsConfig, NodeConfig, Position, PublisherConfig, TimebaseConfig
+from node.audio import AudioBlock, AudioDeviceError, EndOfStream
+from node.outbox import Outbox
+from node.pipeline import NodeRunner, backoff_s
+from node.timebase import FixedTimebase
+
+T0 = 1_764_000_000 * 10**9
+
+
+class FlakyMic:
+    """An audio source whose device is missing until ``present`` is set."""
+
+    sample_rate = 48_000.0
+    channels = 1
+
+    def __init__(self) -> None:
+        self.present = threading.Event()
+        self.frame = 0
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        if not self.present.is_set():
+            raise AudioDeviceError("no input device matching 'hw:1,0' — is the USB microphone plugged in?")
+
+    def read(self, timeout_s: float):
+        time.sleep(0.01)
+        x = np.zeros((480, 1), np.float32)
+        b = AudioBlock(samples=x, first_frame=self.frame)
+        self.frame += 480
+        return b
+
+    def stop(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"xruns": 0, "dropped_blocks": 0}
+
+
+class Capture:
+    """A publisher stand-in that keeps what the node would send."""
+
+    def __init__(self) -> None:
+        self.outbox = Outbox(None)
+        self.heartbeats = []
+        self.events = []
+
+    def submit(self, ev) -> None:
+        self.events.append(ev)
+
+    def heartbeat(self, hb) -> bool:
+        self.heartbeats.append(hb)
+        return True
+
+    def pump(self, timeout_ms: int = 0, now_s=None) -> int:
+        time.sleep(timeout_ms / 1000)
+        return 0
+
+    @property
+    def unacked(self) -> int:
+        return 0
+
+
+def _cfg() -> NodeConfig:
+    return NodeConfig(id="n1", audio=AudioConfig(source="sounddevice", device="hw:1,0"),
+                      timebase=TimebaseConfig(mode="fixed"), publisher=PublisherConfig(heartbeat_s=0.2),
+                      gps=GpsConfig(enabled=False))
+
+
+def test_missing_microphone_is_reported_then_recovers(caplog, monkeypatch):
+    monkeypatch.setattr("node.pipeline.backoff_s", lambda attempt: 0.2)
+    mic = FlakyMic()
+    pub = Capture()
+    runner = NodeRunner(_cfg(), mic, FixedTimebase(T0, 48_000), pub, position=lambda: Position(40.0, -80.0, 200.0))
+    stop = threading.Event()
+    th = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.INFO, logger="earwitness.node"):
+        th.start()
+        time.sleep(1.0)
+        assert mic.starts >= 3                         # it keeps retrying
+        down = [hb for hb in pub.heartbeats if hb.status["audio_problem"]]
+        assert down and "USB microphone" in down[-1].status["audio_problem"]
+        assert down[-1].stream_utc_ns > T0             # a node with no audio does not hold the network back
+        mic.present.set()
+        time.sleep(1.0)
+        stop.set()
+        th.join(5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "hw:1,0" in errors[0].getMessage()   # one clear line, not one per retry
+    assert any("back" in r.getMessage() for r in caplog.records)
+    assert pub.heartbeats[-1].status["audio_problem"] == ""
+    assert runner.detector.frames_seen > 0
+
+
+def test_backoff_grows_and_caps():
+    assert [backoff_s(k) for k in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_missing_gps_shows_in_heartbeat_status():
+    from node.gps import GpsClient
+
+    with socket.socket() as s:                          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gps = GpsClient("127.0.0.1", port, connect_timeout_s=0.2, backoff_initial_s=0.1)
+    gps.start()
+    try:
+        st = gps.wait_for(lambda g: bool(g.problem), 3.0)
+        assert st is not None and "gpsd not reachable" in st.problem
+        status = st.to_status()
+        assert any("gpsd not reachable" in str(v) for v in status.values())
+    finally:
+        gps.stop()
