@@ -202,6 +202,10 @@ class ServerConfig:
     #: ``allow_plaintext`` is set — for a local simulation or a lab only.
     keys_dir: str | None = None
     allow_plaintext: bool = False
+    #: Node ids the server expects: until each has reported (or
+    #: ``association.stale_node_s`` has passed since start), no shot is decided,
+    #: so a node that starts late still contributes. Empty: only nodes heard from.
+    expected_nodes: tuple[str, ...] = ()
     association: AssociationConfig = field(default_factory=AssociationConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     incidents: IncidentConfig = field(default_factory=IncidentConfig)
@@ -229,6 +233,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")

@@ -8,20 +8,36 @@ and never queued: a stale heartbeat is worth nothing.
 
 ZeroMQ loses what is in flight when the server dies (see docs/protocol.md), which
 is why nothing leaves the outbox before its ack.
+
+With ``curve`` (:class:`CurveClientKeys`, from the node config's ``[security]``
+section written by ``earwitness keys enroll``) the link is CURVE-encrypted and
+authenticated; without it, plaintext (accepted only by a server configured with
+``allow_plaintext``).
+
+A full disk (:class:`~node.outbox.OutboxFullError` from ``put``) does not lose
+the event while the process lives: it is kept in a bounded in-memory spill
+(``SPILL_MAX``), sent and resent from there, moved into the outbox when space
+returns, and counted (:meth:`Publisher.status`, for the heartbeat).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import zmq
 
 from common.config import PublisherConfig
 from common.protocol import MAX_FRAME_BYTES, Ack, Event, Heartbeat, ProtocolError, decode, encode
+from node.outbox import OutboxFullError
 
 log = logging.getLogger("earwitness.node.publisher")
+
+#: Most events kept in memory while the outbox's disk is full (oldest dropped first).
+SPILL_MAX = 10_000
+FULL_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,13 +74,43 @@ class Publisher:
             s.curve_serverkey = curve.server_public_key.encode()
         s.connect(endpoint)
         self._sock = s
-        self.stats = {"sent": 0, "resent": 0, "acked": 0, "send_blocked": 0, "bad_replies": 0}
+        self.stats = {"sent": 0, "resent": 0, "acked": 0, "send_blocked": 0, "bad_replies": 0,
+                      "outbox_full": 0, "spill_dropped": 0}
         self._last_ack_ns = 0
+        self._submitted = True          # the outbox may hold events from before a restart
+        self._next_due_s = 0.0
+        # seq → [frames, last sent (monotonic s) or None]: events the outbox could not take
+        self._spill: OrderedDict[int, list] = OrderedDict()
+        self._full_logged = -1e18
 
     # --------------------------------------------------------------- API
-    def submit(self, ev: Event) -> None:
-        """Persist an event in the outbox; :meth:`pump` sends it."""
-        self.outbox.put(ev.seq, encode(ev), priority=1)
+    def submit(self, ev: Event) -> bool:
+        """Persist an event in the outbox; :meth:`pump` sends it. If the disk is full
+        the event is kept in memory instead (sent all the same, counted, moved to
+        the outbox when space returns) and False is returned."""
+        frames = encode(ev)
+        try:
+            self.outbox.put(ev.seq, frames, priority=1)
+            self._submitted = True
+            return True
+        except OutboxFullError as exc:
+            self.stats["outbox_full"] += 1
+            self._spill[ev.seq] = [frames, None]
+            while len(self._spill) > SPILL_MAX:
+                self._spill.popitem(last=False)
+                self.stats["spill_dropped"] += 1
+            if time.monotonic() - self._full_logged >= FULL_LOG_EVERY_S:
+                self._full_logged = time.monotonic()
+                log.error("%s; keeping %d event(s) in memory until there is space (lost if the node "
+                          "restarts first)", exc, len(self._spill))
+            return False
+
+    def status(self) -> dict[str, int]:
+        """Link health for the heartbeat: ``link_outbox_full`` (events the outbox
+        refused: disk full), ``link_spilled`` (events held in memory now),
+        ``link_spill_dropped`` (spilled events dropped for lack of memory: lost)."""
+        return {"link_outbox_full": self.stats["outbox_full"], "link_spilled": len(self._spill),
+                "link_spill_dropped": self.stats["spill_dropped"]}
 
     def heartbeat(self, hb: Heartbeat) -> bool:
         """Send a heartbeat now if the link can take it; False if it was dropped."""
@@ -80,18 +126,50 @@ class Publisher:
         is due from the outbox. Returns the number of events acked."""
         acked = self._receive(timeout_ms)
         now_s = time.monotonic() if now_s is None else now_s
+        if self._spill:
+            self._pump_spill(now_s)
+        # Ask the outbox (a database query) only when something new was put in
+        # or a resend may be due: this runs every few milliseconds.
+        if not (self._submitted or now_s >= self._next_due_s):
+            return acked
+        self._submitted = False
+        self._next_due_s = now_s + min(1.0, self.cfg.resend_s / 2)
         for seq, frames in self.outbox.due(now_s, self.cfg.resend_s, 500):
             try:
                 self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 self.stats["sent"] += 1
             except zmq.Again:
                 self.stats["send_blocked"] += 1
+                self._submitted = True          # try again at the next pump
                 break
         return acked
 
+    def _pump_spill(self, now_s: float) -> None:
+        """Move spilled events into the outbox while it takes them; send the rest."""
+        while self._spill:
+            seq, (frames, _) = next(iter(self._spill.items()))
+            try:
+                self.outbox.put(seq, frames, priority=1)
+            except OutboxFullError:
+                break                   # still full: try again at the next pump
+            except ValueError:          # already in the outbox (cannot happen; be safe)
+                pass
+            del self._spill[seq]
+        for seq, item in self._spill.items():
+            frames, sent = item
+            if sent is not None and now_s - sent < self.cfg.resend_s:
+                continue
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                item[1] = now_s
+                self.stats["sent"] += 1
+            except zmq.Again:
+                self.stats["send_blocked"] += 1
+                break
+
     @property
     def unacked(self) -> int:
-        return len(self.outbox)
+        return len(self.outbox) + len(self._spill)
 
     @property
     def last_ack_ns(self) -> int:
@@ -115,7 +193,13 @@ class Publisher:
                 log.warning("ignoring a malformed reply from the server: %s", exc)
                 continue
             if isinstance(msg, Ack):
-                acked += self.outbox.ack(msg.seqs)
+                for s in msg.seqs:
+                    if self._spill.pop(s, None) is not None:
+                        acked += 1
+                try:
+                    acked += self.outbox.ack(msg.seqs)
+                except OutboxFullError as exc:   # cannot even log the deletion: resent, deduplicated
+                    log.warning("%s", exc)
                 self._last_ack_ns = time.time_ns()
         self.stats["acked"] += acked
         return acked

@@ -7,6 +7,8 @@ exactly the path a live event takes: store → association → solver → incide
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,7 +24,11 @@ from common.timefmt import ns_to_iso, ns_to_s
 from server.association import Arrival, Association, Associator
 from server.solver import solve
 from server.incidents import IncidentTracker
-from server.store import Store
+from server.store import Store, StoreError
+
+log = logging.getLogger("earwitness.server")
+#: Least time between two log lines about a failing database write (s).
+STORE_ERROR_LOG_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,15 @@ class Engine:
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
         self._seen: set[tuple[str, int]] = set()
+        self._started_ns = clock_ns()
         self._next_key = 1
-        self.counters = {"events": 0, "duplicates": 0, "shots": 0, "unassociated": 0}
+        self.counters = {"events": 0, "duplicates": 0, "conflicts": 0, "shots": 0, "unassociated": 0,
+                         "store_errors": 0}
+        self._store_error_logged = -1e18
         if store is not None:
+            # After a restart: the events stored (and acked) but not yet decided.
+            # Events with an outcome are part of a shot already (or were put aside),
+            # so they are not reloaded and no shot is formed twice.
             for event_id, ev in store.pending_events():
                 self._queue(ev, event_id)
 
@@ -101,26 +113,39 @@ class Engine:
         """Store a batch of events in one committed transaction, then queue the new
         ones. Returns, per event, False for a duplicate (node id + seq seen before).
         When this returns, every event is durable and may be acknowledged."""
+        return [s == "new" for s in self.ingest_batch(events, received_ns)]
+
+    def ingest_batch(self, events: list[Event], received_ns: int | None = None) -> list[str]:
+        """Store a batch of events in one committed transaction (each sealed into
+        the audit chain), then queue the new ones for association. Returns, per
+        event, ``"new"``, ``"duplicate"`` (the same event was stored before under
+        its node id + seq: a resend or a replay) or ``"conflict"`` (a different
+        event was stored before under that node id + seq; the stored one is kept;
+        without a store, conflicts count as duplicates). When this returns, every
+        event is durable and may be acknowledged. Raises StoreError — and stores
+        nothing of the batch — if the database refuses the write."""
         received_ns = self.clock_ns() if received_ns is None else received_ns
-        keys: list[int | None] = []
+        done: list[tuple[str, int]] = []
         if self.store is not None:
             with self.store.transaction():
-                keys = [self.store.insert_event(ev, received_ns) for ev in events]
+                done = [(r.status, r.event_id) for r in (self.store.add_event(ev, received_ns) for ev in events)]
         else:
             for ev in events:
                 if (ev.node_id, ev.seq) in self._seen:
-                    keys.append(None)
+                    done.append(("duplicate", 0))
                     continue
                 self._seen.add((ev.node_id, ev.seq))
-                keys.append(self._next_key)
+                done.append(("new", self._next_key))
                 self._next_key += 1
-        for ev, key in zip(events, keys):
-            if key is None:
-                self.counters["duplicates"] += 1
-            else:
+        for ev, (status, key) in zip(events, done):
+            if status == "new":
                 self.counters["events"] += 1
                 self._queue(ev, key)
-        return [k is not None for k in keys]
+            elif status == "duplicate":
+                self.counters["duplicates"] += 1
+            else:
+                self.counters["conflicts"] += 1
+        return [status for status, _ in done]
 
     def ingest_heartbeat(self, hb: Heartbeat, received_ns: int | None = None) -> None:
         received_ns = self.clock_ns() if received_ns is None else received_ns
@@ -176,6 +201,9 @@ class Engine:
         node has reported. Nodes silent for ``stale_node_s`` do not hold it back."""
         now_ns = self.clock_ns() if now_ns is None else now_ns
         stale = int(self.cfg.association.stale_node_s * 1e9)
+        missing = [n for n in self.cfg.expected_nodes if n not in self._marks]
+        if missing and now_ns - self._started_ns <= stale:
+            return None                      # wait for the expected nodes to report
         live = [m.stream_ns for m in self._marks.values() if now_ns - m.last_wall_ns <= stale]
         if not live:
             return max((m.stream_ns for m in self._marks.values()), default=None)
@@ -198,13 +226,32 @@ class Engine:
         reports: list[ShotReport] = []
         now = self.clock_ns()
         ctx = self.store.transaction() if self.store is not None else nullcontext()
-        with ctx:
+        tracker, counters = copy.deepcopy(self.incidents), dict(self.counters)
+        try:
+            with ctx:
+                for a in rejected:
+                    self.counters["unassociated"] += 1
+                    if self.store is not None:
+                        self.store.record_outcome(a.key, "unassociated")
+                for shot in shots:
+                    reports.append(self._report(shot, now))
+        except StoreError as exc:
+            # Nothing of this decision was stored (one transaction): undo it and
+            # decide these arrivals again at the next step, when the disk may have
+            # room. Shots are published only once they are on record.
+            self.incidents, self.counters = tracker, counters
+            self.counters["store_errors"] += 1
             for a in rejected:
-                self.counters["unassociated"] += 1
-                if self.store is not None:
-                    self.store.record_outcome(a.key, "unassociated")
+                self.assoc.add(a)
             for shot in shots:
-                reports.append(self._report(shot, now))
+                for a in shot.arrivals:
+                    self.assoc.add(a)
+            if time.monotonic() - self._store_error_logged >= STORE_ERROR_LOG_S:
+                self._store_error_logged = time.monotonic()
+                log.error("could not record %d shot(s) and %d other event outcome(s): %s; "
+                          "retrying (%d failures so far)", len(shots), len(rejected), exc,
+                          self.counters["store_errors"])
+            return []
         return reports
 
     def _final_solution(self, shot: Association):

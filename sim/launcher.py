@@ -91,7 +91,8 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
     town, scen = build_world(opts)
     cfg = server_cfg or ServerConfig(bind="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
                                      database=opts.database, temperature_c=scen.temperature_c,
-                                     max_clock_skew_s=0.0)
+                                     max_clock_skew_s=0.0, allow_plaintext=True,
+                                     expected_nodes=town.node_ids)
     store = Store(cfg.database)
     engine = Engine(cfg, store)
     server = IngestServer(cfg, engine, on_shot=on_shot)

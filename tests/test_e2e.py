@@ -54,7 +54,8 @@ def test_node_processes_from_wav_files_reach_the_server(tmp_path):
     start = (time.time_ns() // 10**9 - 60) * 10**9
     scen = make_scenario(town, 2, seed=4, start_utc_ns=start, burst=False, local_sounds=False)
     cfg = ServerConfig(bind="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*", database=str(tmp_path / "s.sqlite"),
-                       temperature_c=scen.temperature_c, allow_plaintext=True)
+                       temperature_c=scen.temperature_c, allow_plaintext=True,
+                       expected_nodes=town.node_ids)
     store = Store(cfg.database)
     server = IngestServer(cfg, Engine(cfg, store))
     stop = threading.Event()
