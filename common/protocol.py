@@ -176,7 +176,7 @@ def decode(frames: list[bytes] | tuple[bytes, ...]) -> Message:
             f"protocol version {version!r} is not supported (this build speaks {VERSION}); "
             "upgrade the older side"
         )
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:
         raise ProtocolError(f"unknown message type {kind!r} (known: {', '.join(_TYPES)})")
     body = _unpack(bytes(frames[1]), f"{kind} body")
     if not isinstance(body, dict):

@@ -20,6 +20,7 @@ from common.config import NodeConfig, Position
 from common.protocol import Event, Heartbeat
 from node.audio import AudioBlock, AudioDeviceError, AudioSource, EndOfStream
 from node.detector import Detector, Onset
+from node.outbox import OutboxError
 from node.timebase import Timebase
 
 log = logging.getLogger("earwitness.node")
@@ -28,6 +29,8 @@ VERSION = "0.1.0"
 #: Gather audio into chunks of this many seconds before processing (fewer,
 #: larger numpy calls: a fifth of the CPU of 10 ms blocks; adds ≤ 0.1 s latency).
 BATCH_S = 0.1
+#: Onsets kept in memory at most while the outbox cannot take them (disk full).
+HELD_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class NodeRunner:
         self._peak_recent = 0.0
         self._clipped_recent = 0
         self._last_mark = 0
+        self._outbox_problem = ""
 
     # ---------------------------------------------------------------- run
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -206,13 +210,25 @@ class NodeRunner:
         if pos is None:
             self._held.extend(onsets)
             return
-        for onset in self._held + onsets:
-            seq = self.publisher.outbox.next_seq()
+        pending = self._held + onsets
+        self._held = []
+        for k, onset in enumerate(pending):
+            try:
+                seq = self.publisher.outbox.next_seq()
+            except OutboxError as exc:        # disk full: keep the onsets, say so once
+                self._held = pending[k:][-HELD_MAX:]
+                if not self._outbox_problem:
+                    log.error("outbox: %s — holding %d event(s) in memory until there is space",
+                              exc, len(self._held))
+                self._outbox_problem = str(exc)
+                return
             ev = onset_to_event(onset, node_id=self.cfg.id, seq=seq, timebase=self.timebase,
                                 sample_rate_hz=self.fs, position=pos)
             self.publisher.submit(ev)
             self._events += 1
-        self._held = []
+        if self._outbox_problem:
+            log.info("outbox: writable again")
+        self._outbox_problem = ""
 
     # ----------------------------------------------------------- heartbeats
     def _maybe_heartbeat(self) -> None:
@@ -250,6 +266,7 @@ class NodeRunner:
             "timing_mode": st.mode, "timing_locked": st.locked, "timing_sigma_ns": float(st.sigma_ns),
             "timing_degraded": st.degraded, "timing_detail": st.detail[:200], "sample_rate_est_hz": float(st.rate_hz),
             "audio_problem": self._problem[:200], "audio_overflows": self._overflows,
+            "outbox_problem": self._outbox_problem[:200], "events_held": len(self._held),
             "audio_peak_dbfs": float(20 * np.log10(max(self._peak_recent, 1e-10))),
             "audio_clipped_samples": self._clipped_recent,
             "noise_floor_dbfs": self.detector.noise_floor_dbfs(),
@@ -260,6 +277,9 @@ class NodeRunner:
         for k, v in self.source.stats().items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 status[f"audio_{k}"] = v
+        link = getattr(self.publisher, "status", None)
+        if callable(link):
+            status.update(link())
         if self.status_fn is not None:
             status.update(self.status_fn())
         hb = Heartbeat(node_id=self.cfg.id, seq=self._hb_seq, t_utc_ns=time.time_ns(),

@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_server(cfg: ServerConfig, on_shot=None):
-    """Store + engine + sockets (+ CURVE and the allow-list when keys_dir is set)."""
+    """Store + engine + sockets (+ CURVE and the allow-list when keys_dir is set).
+
+    Returns ``(server, security)``; ``security`` is None in plaintext mode, else a
+    :class:`server.security.ServerSecurity` to ``close()`` after ``server.close()``.
+    Raises ConfigError for a config that would run unprotected by accident, and
+    RuntimeError (incl. KeyToolError) for a missing key directory or database.
+    """
     from server.engine import Engine
     from server.net import IngestServer
     from server.store import Store
@@ -34,18 +40,23 @@ def make_server(cfg: ServerConfig, on_shot=None):
             "no keys_dir: the server would accept unauthenticated, unencrypted nodes. Run "
             "`earwitness keys init-server --dir /etc/earwitness/keys` and set keys_dir, or set "
             "allow_plaintext = true for a local simulation or a lab")
-    store = Store(cfg.database)
-    engine = Engine(cfg, store)
-    if cfg.keys_dir is None:
+    security = None
+    if cfg.keys_dir is not None:
+        from server.security import secure_server_options
+
+        security = secure_server_options(cfg.keys_dir)   # ZAP handler runs before any bind
+    try:
+        store = Store(cfg.database)
+        engine = Engine(cfg, store)
+        server = IngestServer(cfg, engine, on_shot=on_shot, security=security)
+    except BaseException:
+        if security is not None:
+            security.close()
+        raise
+    if security is None:
         logging.getLogger("earwitness.server").warning(
             "plaintext mode: any node can connect and nothing is encrypted (allow_plaintext = true)")
-        return IngestServer(cfg, engine, on_shot=on_shot), None
-    from server.keys import secure_server_options
-
-    opts = secure_server_options(cfg.keys_dir)
-    server = IngestServer(cfg, engine, on_shot=on_shot, ctx=opts.ctx, curve_secret_key=opts.server_secret_key,
-                          identity_for=opts.identity_for)
-    return server, opts
+    return server, security
 
 
 def main(argv: list[str]) -> int:
@@ -55,12 +66,18 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_server_config(args.config)
         server, security = make_server(cfg, on_shot=lambda r: print(json.dumps(r.to_json()), flush=True))
-    except (ConfigError, RuntimeError) as exc:
+    except (ConfigError, RuntimeError, OSError) as exc:
         print(f"earwitness server: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # e.g. zmq.ZMQError: address in use
+        print(f"earwitness server: cannot start: {exc}", file=sys.stderr)
+        return 2
     log = logging.getLogger("earwitness.server")
-    log.info("listening for nodes on %s, publishing shots on %s, database %s",
-             server.bound, server.pub_bound, cfg.database)
+    log.info("listening for nodes on %s (%s), publishing shots on %s, database %s",
+             server.bound, "CURVE" if security is not None else "PLAINTEXT", server.pub_bound, cfg.database)
+    pending = server.engine.assoc.pending
+    if pending:
+        log.info("resumed %d stored event(s) not yet decided", pending)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -70,5 +87,5 @@ def main(argv: list[str]) -> int:
         server.close()
         if security is not None:
             security.close()
-        log.info("stopped; counters: %s", dict(server.counters, **server.engine.counters))
+        log.info("stopped; counters: %s", server.stats())
     return 0

@@ -1,24 +1,40 @@
-"""SQLite store of events, shots, incidents and nodes.
+"""SQLite store of events, shots, incidents and nodes, sealed into the audit chain.
 
 Rows of ``events``, ``shots`` and ``incidents`` are written once and never updated
-(what happened to an event is a row in ``event_outcomes``; an incident's growing
-round count is a new row in ``incident_updates``), so every stored fact can be
-covered by the tamper-evident audit chain. WAL mode; every public write commits
-before it returns, so an event is durable before the server acks it.
+(what happened to an event is a row in ``event_outcomes``; an incident's rounds are
+its ``shots`` rows), so every stored fact can be covered by the tamper-evident
+audit chain (server/audit.py): each insert is sealed (``AuditLog.seal``) in the
+same transaction as the row, so the row and its audit record are committed — or
+rolled back — together. ``earwitness audit verify --db PATH`` checks them all.
+The ``nodes`` table (last heartbeat of each node) is live status, not evidence,
+and is not sealed.
+
+WAL mode, ``synchronous=FULL``; every public write commits before it returns
+(or joins the caller's :meth:`Store.transaction`), so an event is durable before
+the server acks it. A new database gets 16 KiB pages (an event row with its
+snippet is ~3 KB: fewer page writes per event), and a file database is
+checkpointed by a background thread (``CHECKPOINT_S``) instead of inside the
+writer's commits. A write that fails (disk full, ``max_bytes`` reached, I/O
+error) raises :class:`StoreError` after rolling the whole transaction back:
+nothing half-written stays behind, and the store keeps working once there is
+space again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 
 from common.protocol import Event, Heartbeat
+from server.audit import AuditLog, VerifyResult, list_ids_sqlite, load_row_sqlite, verify
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -71,6 +87,25 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 
+log = logging.getLogger("earwitness.server.store")
+
+#: Page size of a new database (bytes).
+PAGE_SIZE = 16384
+#: How often the background thread moves the WAL into the database file (s).
+CHECKPOINT_S = 1.0
+
+#: Verdicts an analyst can give a shot (:meth:`Store.review_shot`).
+VERDICTS = ("confirmed", "false-alarm", "unsure")
+
+_EVENT_COLS = ("node_id, seq, t_utc_ns, sigma_ns, sample_rate_hz, peak_dbfs, snr_db, snippet_t0_ns,"
+               " snippet, snippet_full_scale, features, degraded, lat, lon, alt")
+_EVENT_KEYS = ("id", *(c.strip() for c in _EVENT_COLS.split(",")), "received_ns")
+
+
+class StoreError(RuntimeError):
+    """A write the database refused (disk full, size cap, I/O error). Nothing of the
+    failed transaction was kept. The text says what happened and what to do."""
+
 
 @dataclass(frozen=True)
 class ShotRow:
@@ -86,52 +121,161 @@ class ShotRow:
     nodes: tuple[str, ...]
 
 
-class Store:
-    """The server's database. ``path=":memory:"`` for tests and offline runs."""
+@dataclass(frozen=True)
+class StoredEvent:
+    """What :meth:`Store.add_event` did. ``status``: ``"new"`` (stored now),
+    ``"duplicate"`` (the same event was stored before: a resend or replay) or
+    ``"conflict"`` (a DIFFERENT event was stored before under the same node id and
+    sequence number; the stored one is kept). ``event_id``: the stored row's id."""
 
-    def __init__(self, path: str | Path) -> None:
+    status: Literal["new", "duplicate", "conflict"]
+    event_id: int
+
+
+@dataclass(frozen=True)
+class Review:
+    """An analyst's verdict on a shot, as recorded in the audit chain."""
+
+    audit_id: int
+    shot_id: int
+    verdict: str
+    reviewer: str
+    note: str
+    t_utc_ns: int
+
+
+def _event_values(ev: Event) -> tuple:
+    """The stored column values of an event (the order of ``_EVENT_COLS``)."""
+    return (ev.node_id, ev.seq, ev.t_utc_ns, float(ev.sigma_ns), float(ev.sample_rate_hz),
+            float(ev.peak_dbfs), float(ev.snr_db), ev.snippet_t0_ns,
+            np.asarray(ev.snippet, dtype="<i2").tobytes(), float(ev.snippet_full_scale),
+            json.dumps({k: float(v) for k, v in dict(ev.features).items()}, sort_keys=True),
+            int(bool(ev.degraded)), float(ev.lat), float(ev.lon), float(ev.alt))
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "full" in str(exc)
+
+
+class Store:
+    """The server's database. ``path=":memory:"`` for tests and offline runs.
+
+    ``max_bytes``: optional cap on the database file (SQLite ``max_page_count``);
+    reaching it behaves exactly like a full disk (:class:`StoreError`). One writer:
+    use one Store per database file (a second writer fails with SQLITE_BUSY).
+    """
+
+    def __init__(self, path: str | Path, *, max_bytes: int | None = None) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                        timeout=5.0)
+            self.conn.execute(f"PRAGMA page_size={PAGE_SIZE}")    # only takes effect on a new file
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(SCHEMA)
+            self.audit = AuditLog(self.conn)
+            if self.path != ":memory:":
+                self.conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpoint",
+                                                      daemon=True)
+                self._checkpointer.start()
         except sqlite3.Error as exc:
             raise RuntimeError(f"cannot open the database {self.path}: {exc}") from None
+        if max_bytes is not None:
+            self.set_max_bytes(max_bytes)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(5)
         self.conn.close()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy committed WAL pages into the database file, off the writer's path
+        (its own connection; SQLite runs it without holding the GIL)."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        except sqlite3.Error as exc:
+            log.error("database %s: no background checkpoints (%s)", self.path, exc)
+            return
+        try:
+            while not self._stop.wait(CHECKPOINT_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:     # full disk, busy: try again later
+                    log.debug("checkpoint of %s failed: %s", self.path, exc)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+        finally:
+            conn.close()
+
+    def set_max_bytes(self, max_bytes: int) -> None:
+        """Cap the database file at about ``max_bytes`` (never below its current size)."""
+        page = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // page)}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN … COMMIT (ROLLBACK on error); nested use joins the outer one."""
+        """BEGIN … COMMIT (ROLLBACK on any error, also a failed COMMIT); nested use
+        joins the outer one. SQLite errors come out as :class:`StoreError`."""
         if self.conn.in_transaction:
             yield self.conn
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error("begin a transaction", exc) from None
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                raise self._error("write", exc) from None
             raise
-        self.conn.execute("COMMIT")
+
+    def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
+        if _is_full(exc):
+            return StoreError(f"database {self.path} is full ({exc}); nothing of this write was kept. "
+                              "Free disk space (or raise the size cap); the server retries")
+        return StoreError(f"database {self.path}: cannot {what}: {exc}")
 
     # ------------------------------------------------------------ events
+    def add_event(self, ev: Event, received_ns: int) -> StoredEvent:
+        """Store one event and seal it into the audit chain (committed on return,
+        unless inside :meth:`transaction`). An event whose (node_id, seq) is already
+        stored is not stored again: ``"duplicate"`` if it is the same event,
+        ``"conflict"`` if its content differs. Raises StoreError."""
+        values = _event_values(ev)
+        with self.transaction() as c:
+            cur = c.execute(f"INSERT OR IGNORE INTO events ({_EVENT_COLS}, received_ns)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values + (int(received_ns),))
+            if cur.rowcount == 1:
+                eid = int(cur.lastrowid)
+                # The row exactly as inserted (every value already of its column's
+                # type, so it hashes as verify() will read it back; tests check that).
+                row = dict(zip(_EVENT_KEYS, (eid, *values, int(received_ns))))
+                self.audit.append("insert", "events", eid, row, t_utc_ns=int(received_ns))
+                return StoredEvent("new", eid)
+            row = c.execute(f"SELECT id, {_EVENT_COLS} FROM events WHERE node_id = ? AND seq = ?",
+                            (ev.node_id, ev.seq)).fetchone()
+        return StoredEvent("duplicate" if tuple(row[1:]) == values else "conflict", int(row[0]))
+
     def insert_event(self, ev: Event, received_ns: int) -> int | None:
         """Store one event; returns its id, or None if (node_id, seq) is already stored."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO events (node_id, seq, t_utc_ns, sigma_ns, sample_rate_hz, peak_dbfs,"
-            " snr_db, snippet_t0_ns, snippet, snippet_full_scale, features, degraded, lat, lon, alt,"
-            " received_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (ev.node_id, ev.seq, ev.t_utc_ns, float(ev.sigma_ns), float(ev.sample_rate_hz),
-             float(ev.peak_dbfs), float(ev.snr_db), ev.snippet_t0_ns,
-             np.asarray(ev.snippet, dtype="<i2").tobytes(), float(ev.snippet_full_scale),
-             json.dumps(dict(ev.features), sort_keys=True), int(ev.degraded),
-             float(ev.lat), float(ev.lon), float(ev.alt), int(received_ns)),
-        )
-        return cur.lastrowid if cur.rowcount == 1 else None
+        r = self.add_event(ev, received_ns)
+        return r.event_id if r.status == "new" else None
 
     def event_row_to_event(self, row: tuple) -> Event:
         (_, node_id, seq, t, sigma, fs, peak, snr, st0, snip, fsc, feats, deg, lat, lon, alt, _) = row
@@ -142,31 +286,45 @@ class Store:
                      snippet_full_scale=fsc, degraded=bool(deg))
 
     def pending_events(self) -> list[tuple[int, Event]]:
-        """Events stored but not yet decided (after a restart: feed them back in)."""
+        """Events stored but not yet decided (no outcome): after a restart the engine
+        feeds them back into association. Events that are already part of a shot,
+        or were put aside, have an outcome and are not returned — so a restart
+        never forms a shot twice."""
         rows = self.conn.execute(
             "SELECT e.* FROM events e LEFT JOIN event_outcomes o ON o.event_id = e.id"
             " WHERE o.event_id IS NULL ORDER BY e.t_utc_ns").fetchall()
         return [(r[0], self.event_row_to_event(r)) for r in rows]
 
     def record_outcome(self, event_id: int, outcome: str, shot_id: int | None = None) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO event_outcomes (event_id, shot_id, outcome) VALUES (?,?,?)",
-                          (event_id, shot_id, outcome))
+        """What became of an event (``"shot"`` with its shot id, ``"unassociated"``), sealed."""
+        with self.transaction() as c:
+            existed = c.execute("SELECT 1 FROM event_outcomes WHERE event_id = ?", (event_id,)).fetchone()
+            c.execute("INSERT OR REPLACE INTO event_outcomes (event_id, shot_id, outcome) VALUES (?,?,?)",
+                      (event_id, shot_id, outcome))
+            self.audit.seal("update" if existed else "insert", "event_outcomes", event_id)
 
     def count_events(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     # ------------------------------------------------------- shots/incidents
     def insert_incident(self, first_t_ns: int, created_ns: int) -> int:
-        return self.conn.execute("INSERT INTO incidents (first_t_ns, created_ns) VALUES (?,?)",
-                                 (first_t_ns, created_ns)).lastrowid
+        with self.transaction() as c:
+            iid = int(c.execute("INSERT INTO incidents (first_t_ns, created_ns) VALUES (?,?)",
+                                (first_t_ns, created_ns)).lastrowid)
+            self.audit.seal("insert", "incidents", iid, t_utc_ns=created_ns)
+        return iid
 
     def insert_shot(self, incident_id: int, round_: int, t_utc_ns: int, lat: float, lon: float, alt: float,
                     error_m: float, residual_ms: float, nodes: list[str], created_ns: int) -> int:
-        return self.conn.execute(
-            "INSERT INTO shots (incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes,"
-            " created_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (incident_id, round_, t_utc_ns, lat, lon, alt, error_m, residual_ms, json.dumps(nodes), created_ns),
-        ).lastrowid
+        with self.transaction() as c:
+            sid = int(c.execute(
+                "INSERT INTO shots (incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes,"
+                " created_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (incident_id, round_, t_utc_ns, lat, lon, alt, error_m, residual_ms, json.dumps(list(nodes)),
+                 created_ns),
+            ).lastrowid)
+            self.audit.seal("insert", "shots", sid, t_utc_ns=created_ns)
+        return sid
 
     def shots(self) -> list[ShotRow]:
         rows = self.conn.execute(
@@ -174,16 +332,62 @@ class Store:
             " FROM shots ORDER BY t_utc_ns").fetchall()
         return [ShotRow(*r[:9], nodes=tuple(json.loads(r[9]))) for r in rows]
 
+    # ------------------------------------------------------------ reviews
+    def review_shot(self, shot_id: int, verdict: str, reviewer: str, note: str = "",
+                    t_utc_ns: int | None = None) -> Review:
+        """Record an analyst's verdict on a shot (``"confirmed"``, ``"false-alarm"``,
+        ``"unsure"``) as a ``review`` record in the audit chain: who, what, why, and
+        the shot row as it stands (the row itself is never changed). The latest
+        review of a shot is its current verdict (:meth:`shot_reviews`)."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 128:
+            raise ValueError("reviewer must name who reviewed (1-128 characters)")
+        if not isinstance(note, str) or len(note) > 4096:
+            raise ValueError("note must be text of at most 4096 characters")
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM shots WHERE id = ?", (shot_id,)).fetchone() is None:
+                raise ValueError(f"no shot {shot_id} in {self.path}")
+            self.audit.seal("review", "shots", int(shot_id), t_utc_ns=t_utc_ns,
+                            detail={"verdict": verdict, "reviewer": reviewer, "note": note})
+            aid, _ = self.audit.head()
+        return self._reviews("AND id = ?", (aid,))[0]
+
+    def shot_reviews(self, shot_id: int | None = None) -> list[Review]:
+        """Reviews (oldest first) of one shot, or of every shot."""
+        if shot_id is None:
+            return self._reviews("", ())
+        return self._reviews("AND ref_id = ?", (int(shot_id),))
+
+    def _reviews(self, where: str, args: tuple) -> list[Review]:
+        rows = self.conn.execute(
+            "SELECT id, ref_id, detail, t_utc_ns FROM audit WHERE kind = 'review' AND ref_table = 'shots' "
+            f"{where} ORDER BY id", args).fetchall()
+        out = []
+        for aid, ref, detail, t in rows:
+            d = json.loads(detail or "{}")
+            out.append(Review(aid, ref, str(d.get("verdict", "")), str(d.get("reviewer", "")),
+                              str(d.get("note", "")), t))
+        return out
+
+    # ------------------------------------------------------------- audit
+    def verify(self) -> VerifyResult:
+        """Check the audit chain and every audited row (what `earwitness audit verify` does)."""
+        return verify(self.conn, load_row_sqlite(self.conn), list_ids=list_ids_sqlite(self.conn))
+
     # ------------------------------------------------------------- nodes
     def update_node(self, hb: Heartbeat, received_ns: int) -> None:
-        self.conn.execute(
-            "INSERT INTO nodes (node_id, last_seen_ns, stream_utc_ns, lat, lon, alt, version, status)"
-            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (node_id) DO UPDATE SET last_seen_ns=excluded.last_seen_ns,"
-            " stream_utc_ns=excluded.stream_utc_ns, lat=excluded.lat, lon=excluded.lon, alt=excluded.alt,"
-            " version=excluded.version, status=excluded.status",
-            (hb.node_id, received_ns, hb.stream_utc_ns, hb.lat, hb.lon, hb.alt, hb.version,
-             json.dumps(dict(hb.status), sort_keys=True)),
-        )
+        try:
+            self.conn.execute(
+                "INSERT INTO nodes (node_id, last_seen_ns, stream_utc_ns, lat, lon, alt, version, status)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (node_id) DO UPDATE SET last_seen_ns=excluded.last_seen_ns,"
+                " stream_utc_ns=excluded.stream_utc_ns, lat=excluded.lat, lon=excluded.lon, alt=excluded.alt,"
+                " version=excluded.version, status=excluded.status",
+                (hb.node_id, received_ns, hb.stream_utc_ns, hb.lat, hb.lon, hb.alt, hb.version,
+                 json.dumps(dict(hb.status), sort_keys=True)),
+            )
+        except sqlite3.Error as exc:
+            raise self._error("record a heartbeat", exc) from None
 
     def nodes(self) -> list[dict]:
         rows = self.conn.execute("SELECT node_id, last_seen_ns, stream_utc_ns, lat, lon, alt, version, status"

@@ -117,7 +117,7 @@ def test_missing_gps_shows_in_heartbeat_status():
     gps = GpsClient("127.0.0.1", port, connect_timeout_s=0.2, backoff_initial_s=0.1)
     gps.start()
     try:
-        st = gps.wait_for(lambda g: bool(g.problem), 3.0)
+        st = gps.wait_for(lambda g: "not reachable" in g.problem, 5.0)
         assert st is not None and "gpsd not reachable" in st.problem
         status = st.to_status()
         assert any("gpsd not reachable" in str(v) for v in status.values())
