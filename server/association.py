@@ -200,7 +200,10 @@ class Associator:
     def _candidates(self, seed: Arrival) -> dict[str, list[Arrival]]:
         span = self.max_travel_ns()
         by_node: dict[str, list[Arrival]] = {}
+        lo = seed.t_ns - span
         for a in self._pending:
+            if a.t_ns < lo:
+                continue
             if a.t_ns > seed.t_ns + span:
                 break
             if a.node == seed.node or a.sigma_s > MAX_SIGMA_S:

@@ -24,6 +24,7 @@ from common.timefmt import ns_to_iso, ns_to_s
 from server.association import Arrival, Association, Associator
 from server.solver import solve
 from server.incidents import IncidentTracker
+from server.registry import NodeRegistry
 from server.store import Store, StoreError
 
 log = logging.getLogger("earwitness.server")
@@ -93,16 +94,23 @@ class Engine:
         self._node_z: dict[str, float] = {}
         self._seen: set[tuple[str, int]] = set()
         self._started_ns = clock_ns()
+        self.registry = NodeRegistry(cfg.association.stale_node_s)
         self._next_key = 1
         self.counters = {"events": 0, "duplicates": 0, "conflicts": 0, "shots": 0, "unassociated": 0,
                          "store_errors": 0}
         self._store_error_logged = -1e18
         if store is not None:
+            # After a restart, every node known from before holds the watermark until
+            # it reports again (or for stale_node_s), so shots are not decided before
+            # the nodes have reconnected and delivered what they hold.
+            restart_ns = self.clock_ns()
+            for n in store.nodes():
+                self._marks[n["node_id"]] = _NodeMark(int(n["stream_utc_ns"]), restart_ns)
             # After a restart: the events stored (and acked) but not yet decided.
             # Events with an outcome are part of a shot already (or were put aside),
             # so they are not reloaded and no shot is formed twice.
             for event_id, ev in store.pending_events():
-                self._queue(ev, event_id)
+                self._queue_stored(ev, event_id)
 
     # ------------------------------------------------------------- inputs
     def ingest_event(self, ev: Event, received_ns: int | None = None) -> bool:
@@ -140,15 +148,31 @@ class Engine:
         for ev, (status, key) in zip(events, done):
             if status == "new":
                 self.counters["events"] += 1
-                self._queue(ev, key)
+                self._queue_stored(ev, key)
             elif status == "duplicate":
                 self.counters["duplicates"] += 1
             else:
                 self.counters["conflicts"] += 1
         return [status for status, _ in done]
 
+    def _queue_stored(self, ev: Event, key: int) -> None:
+        """Queue a received event WITHOUT letting it move its node's watermark.
+
+        Nodes resend unacknowledged events (after a partition, a server restart, a
+        full queue), so an event does not prove that the same node's earlier events
+        have arrived: a watermark raised to its time would decide those earlier
+        events' shots without them. Only heartbeats move a node's watermark (and the
+        node never promises one past an event it has not seen acked)."""
+        mark = self._marks.get(ev.node_id)
+        held = None if mark is None else mark.stream_ns
+        self._queue(ev, key)
+        mark = self._marks.get(ev.node_id)
+        if mark is not None:
+            mark.stream_ns = held if held is not None else min(mark.stream_ns, ev.t_utc_ns - 1)
+
     def ingest_heartbeat(self, hb: Heartbeat, received_ns: int | None = None) -> None:
         received_ns = self.clock_ns() if received_ns is None else received_ns
+        self._log_changes(self.registry.heartbeat(hb.node_id, hb.status, received_ns))
         mark = self._marks.get(hb.node_id)
         if mark is None:
             self._marks[hb.node_id] = _NodeMark(hb.stream_utc_ns, received_ns)
@@ -209,7 +233,12 @@ class Engine:
             return max((m.stream_ns for m in self._marks.values()), default=None)
         return min(live)
 
+    def _log_changes(self, changes) -> None:
+        for ch in changes:
+            (log.warning if ch.warning else log.info)("%s", ch.text)
+
     def advance(self, now_ns: int | None = None) -> list[ShotReport]:
+        self._log_changes(self.registry.check(self.clock_ns() if now_ns is None else now_ns))
         wm = self.watermark(now_ns)
         if wm is None:
             return []
