@@ -143,8 +143,9 @@ class AssociationConfig:
     min_fraction: float = 0.5
     hearing_range_m: float = 2000.0
     #: Largest acceptable expected number of chance alignments of unrelated
-    #: sounds as good as a candidate shot (see server/association.py).
-    max_chance: float = 0.01
+    #: sounds as good as a candidate shot (see server/association.py). It is a
+    #: rate per searched arrival: a busy network searches thousands an hour.
+    max_chance: float = 1e-4
     #: An arrival belongs to a shot if its residual is within ``tolerance_sigmas``
     #: times the typical timing error (the events' own σ combined with the
     #: solver's ``model_sigma_s``), and never less than ``tolerance_s``.
@@ -152,10 +153,15 @@ class AssociationConfig:
     tolerance_s: float = 0.0005
     #: How long after the network's watermark passes an event it may wait (s).
     latency_s: float = 0.5
-    grid_step_m: float = 10.0
+    #: Coarse search grid (m); a fine grid an eighth of it refines its best cells.
+    grid_step_m: float = 20.0
     margin_m: float = 500.0
     #: Give up waiting for a silent node after this many wall seconds.
     stale_node_s: float = 30.0
+    #: After a shot's core is found, a node not in it may still contribute its
+    #: arrival nearest the prediction within this (s); the robust solver then
+    #: decides from the data's own residual scale whether it stays (0: off).
+    extend_tolerance_s: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,11 @@ class SolverConfig:
     fit_speed_min_nodes: int = 6
     temperature_sigma_c: float = 2.0
     unknown_temperature_sigma_c: float = 12.0
+    #: Fit the horizontal wind (east, north) as well when a shot has at least
+    #: this many arrivals (0: never), with a prior 0 ± ``wind_sigma_mps``; the
+    #: network's recent shots sharpen that prior (the wind is the same for all).
+    fit_wind_min_nodes: int = 8
+    wind_sigma_mps: float = 4.0
 
 
 @dataclass(frozen=True)

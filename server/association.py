@@ -6,43 +6,125 @@ buffer of pending arrivals, oldest first, behind a *watermark*: an arrival is on
 decided once every node has reported audio up to the latest time any arrival of
 the same shot could reach it (``t + max travel time across the network``).
 
-For the oldest pending arrival ``a0`` (the seed) at node ``r0``, every grid cell p
-implies an emission time T(p) = t0 − |p − r0|/c and a predicted arrival time at
-every other node. The cells where most nodes have a pending arrival near their
-prediction are refined by the solver (nearest arrival per node, solve, re-pick
-within the fine tolerance, solve again). The best refined candidate becomes a shot
-when at least ``min_nodes`` arrivals, ``a0`` among them, fit it; its arrivals leave
-the buffer. Otherwise ``a0`` is put aside as unassociated (an echo, a node-local
-sound such as a door or a dog, or a shot too few nodes heard).
+Search, for one pending arrival ``a0`` (the seed) at node ``r0``:
 
-Echoes off a wall are consistent with a "ghost" source at the mirror image of the
-shooter that fires at the same instant. A candidate whose emission time is within
-``ECHO_T0_S`` of an already-formed shot, and whose every arrival comes after that
-shot's arrival at the same node, is such a ghost and is not a shot.
+1. *Coarse grid.* Every cell p of a 2-D grid over the network implies an
+   emission time T(p) = t0 − |p − r0|/c and a predicted arrival time at every
+   other node. Each node with a pending arrival near its prediction adds to the
+   cell's score (1 for an exact fit, less further off, 0 beyond the cell's
+   tolerance). When the air temperature is unknown the tolerance also covers the
+   range of candidate speeds of sound.
+2. *Local grid.* Around the best few distinct coarse cells, a fine grid (and,
+   with unknown temperature, every candidate speed of sound) is scored the same
+   way with a tighter tolerance.
+3. *Refinement.* From the best local cell, each node's arrival nearest the
+   prediction is taken, the solver is run (height with a prior, speed of sound
+   fitted when unknown), and the choice is repeated with the fine tolerance. The
+   arrivals within the fine tolerance are the shot's *core*.
+4. *Extension.* Timing in real networks is often worse than the nodes' own
+   error estimates (blocked paths, picks at 1 ms resolution, node positions a few
+   metres off). Each node not in the core contributes its arrival nearest the
+   prediction within ``extend_tolerance_s``; the robust solver (residual scale
+   estimated from the data, Huber loss, one-at-a-time rejection) decides which
+   stay. A far node whose sound came around a building is kept when the data show
+   that such errors are the norm, and dropped when the other nodes agree to
+   microseconds.
+
+A candidate becomes a shot only if its core has at least ``min_nodes`` arrivals
+with ``a0`` among them; if it is unlikely to be a chance alignment of unrelated
+sounds (:meth:`Associator._chance`, at most ``max_chance``); if most nodes closer
+than the furthest node that heard it heard it too (``min_fraction``); if it fits
+about as well as the network's shots do (:meth:`Associator._consistent`); and if
+it is not an echo of a shot already formed: echoes off a wall are consistent with
+a "ghost" source at the mirror image of the shooter that fires at the same
+instant (``ECHO_T0_S``); the remains of a shot (its late, rejected arrivals and
+their echoes) can line up into a copy of it close by (``DUPLICATE_T0_S``,
+``DUPLICATE_M``), or into a candidate whose arrivals trail a formed shot's by less
+than ``ECHO_WINDOW_S`` — such a candidate needs ``ECHO_MIN_FRACTION`` of that
+shot's arrivals, and as many as it if it lies elsewhere (the next round of a burst
+comes from the same place); and a line-up whose arrivals mostly follow louder
+sounds at the same nodes is echoes (``ECHO_LEVEL_DB``).
+
+Among the candidates of the ready seeds the best is formed first, so that an
+echo or a stray sound cannot take arrivals from a real shot: the most arrivals
+that are the first sound their node heard (not preceded, within
+``ECHO_WINDOW_S``, by a sound as loud that no formed shot explains), then a
+repeat of a formed shot's position, then the most arrivals, then the largest core.
+A seed that is part of a viable candidate is not searched itself (it would find
+the same shot). When a shot is formed, the arrivals it left at its nodes within
+the fine tolerance are duplicates of its own and are put aside, and the pending
+arrivals that repeat its timing at enough of its nodes (another round of a
+burst, up to ``REPEAT_WINDOW_S`` away) are searched again from its position — a
+burst at 15 rounds/s is ambiguous for the grid search but not for this.
+
+The network's timing scale (how much worse than the nodes' own σ the shots fit)
+is learnt from formed shots with spare arrivals and widens the fine tolerance;
+the wind, pooled from the shots that can fit it (server/engine.py), is used as
+known in the association's solves.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from common.config import AssociationConfig
-from server.solver import Solution, solve
+from server.solver import Solution, residual_scale, solve
 
+#: A candidate whose emission time is within this (s) of a formed shot's, and
+#: whose every arrival comes after that shot's at the same node, is its echoes.
 ECHO_T0_S = 0.02
-#: Most grid cells refined per seed: in a burst every node hears a comb of
-#: arrivals, many cells line up with some of them, and the right one is not
-#: always among the first few.
-MAX_CELLS = 12
+#: A candidate this close (s, m) to a formed shot is the same round found twice.
+DUPLICATE_T0_S = 0.03
+DUPLICATE_M = 60.0
+#: Arrivals trailing a formed shot's at the same node by less than this (s) may be
+#: its echoes.
+ECHO_WINDOW_S = 0.6
+#: A candidate made mostly of such trailing arrivals needs at least this fraction
+#: of that shot's arrivals (the next round of a burst is as strong as the first).
+ECHO_MIN_FRACTION = 0.5
+#: An arrival preceded within ECHO_WINDOW_S by a sound this much louder (dB) at
+#: the same node may be its echo.
+ECHO_LEVEL_DB = 6.0
+#: A candidate's arrival counts as preceded (by an unexplained sound at its node)
+#: only if that sound was at most this much quieter (dB).
+PRECEDE_DB = 3.0
+#: Shots with at least this many more arrivals than unknowns teach the network's
+#: timing scale; the median of the last SCALE_POOL such shots is used, at most
+#: MAX_NET_SCALE.
+SCALE_MIN_DOF = 3
+SCALE_POOL = 15
+MAX_NET_SCALE = 10.0
+#: A formed shot's other rounds are looked for up to this long (s) from it.
+REPEAT_WINDOW_S = 1.0
+#: Once SCALE_MIN_SHOTS shots have taught the network's scale, a candidate whose
+#: own residual scale exceeds MIX_FACTOR × it is not a shot.
+SCALE_MIN_SHOTS = 3
+MIX_FACTOR = 2.0
+#: Wind estimates pooled (the last this many shots that fitted the wind).
+WIND_POOL = 20
 #: Arrivals whose own timing is worse than this (s, 1-σ) are not used.
 MAX_SIGMA_S = 0.005
+#: Distinct coarse-grid peaks searched with the fine grid per seed, and of those
+#: the best REFINE_PEAKS refined.
+COARSE_PEAKS = 10
+REFINE_PEAKS = 3
+#: Fine grid: cell size as a fraction of the coarse step, and its half-width in
+#: coarse steps.
+FINE_FRACTION = 0.125
+FINE_HALF_STEPS = 1.5
+#: Fine peaks scoring below this fraction of the seed's best are not refined.
+PEAK_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
 class Arrival:
-    """One node's onset as the server sees it. ``pos``: node position (3,) m ENU."""
+    """One node's onset as the server sees it. ``pos``: node position (3,) m ENU.
+
+    ``snippet`` (optional): the node's raw samples around the onset, sample 0 at
+    ``snippet_t0_ns``, at ``sample_rate_hz`` — for cross-correlation refinement."""
 
     key: int
     node: str
@@ -51,16 +133,23 @@ class Arrival:
     pos: np.ndarray = field(repr=False)
     peak_dbfs: float = 0.0
     degraded: bool = False
+    snippet: np.ndarray | None = field(default=None, repr=False, compare=False)
+    snippet_t0_ns: int = 0
+    sample_rate_hz: float = 0.0
 
 
 @dataclass(frozen=True)
 class Association:
     """A shot: its arrivals (those fitting the solution) and the solution, whose
-    times are seconds relative to ``ref_ns``."""
+    times are seconds relative to ``ref_ns``. ``n_core``: how many of the arrivals
+    fit within the fine tolerance (the evidence the shot was formed on)."""
 
     arrivals: tuple[Arrival, ...]
     solution: Solution
     ref_ns: int
+    n_core: int = 0
+    #: Expected number of chance alignments as good as this one (see Associator._chance).
+    chance: float = 0.0
 
     @property
     def t0_ns(self) -> int:
@@ -68,7 +157,7 @@ class Association:
 
 
 class Grid:
-    """Candidate source positions covering the nodes plus a margin (cells, 2-D)."""
+    """Candidate source positions covering the nodes plus a margin (cells (N, 3), 2-D)."""
 
     def __init__(self, node_pos: np.ndarray, step_m: float, margin_m: float, z: float) -> None:
         lo = node_pos[:, :2].min(axis=0) - margin_m
@@ -78,12 +167,14 @@ class Grid:
         gx, gy = np.meshgrid(xs, ys, indexing="xy")
         self.cells = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)])
         self.step_m = step_m
+        self.z = z
         self._dist: dict[str, np.ndarray] = {}
 
     def distances(self, node: str, pos: np.ndarray) -> np.ndarray:
         d = self._dist.get(node)
         if d is None:
-            d = np.linalg.norm(self.cells - pos, axis=1)
+            diff = self.cells - pos
+            d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
             self._dist[node] = d
         return d
 
@@ -94,13 +185,19 @@ class Associator:
     def __init__(self, cfg: AssociationConfig, c_mps: float | tuple[float, ...], z_source: float | None,
                  model_sigma_s: float = 0.0002, z_sigma: float | None = None) -> None:
         """``c_mps``: the speed of sound, or several candidates when the air
-        temperature is unknown (each seed is tried with each; the best fit wins).
-        ``z_source``: expected source height (m ENU); ``z_sigma``: None to hold it
-        fixed (2-D), else the width (m) of a prior around it (3-D with a prior);
-        ``z_source=None``: unconstrained 3-D."""
+        temperature is unknown (the search covers their range, and the solver fits
+        c with a prior spanning it). ``z_source``: expected source height (m ENU);
+        ``z_sigma``: None to hold it fixed (2-D), else the width (m) of a prior
+        around it (3-D with a prior; widened by the spread of the nodes' own
+        heights: hilly ground); ``z_source=None``: unconstrained 3-D."""
         self.cfg = cfg
-        self.c_candidates = tuple(float(c) for c in np.atleast_1d(c_mps))
+        self.c_candidates = tuple(sorted(float(c) for c in np.atleast_1d(c_mps)))
         self.c = min(self.c_candidates)       # for the longest possible travel time
+        self.c_nominal = float(np.median(self.c_candidates))
+        self.c_unknown = len(self.c_candidates) > 1
+        span = self.c_candidates[-1] - self.c_candidates[0]
+        #: Prior width (m/s) on c when fitted during association (unknown temperature).
+        self.c_sigma: float | None = max(2.0, span / 3.0) if self.c_unknown else None
         self.z_source = z_source
         self.z_sigma = z_sigma
         self.model_sigma_s = model_sigma_s
@@ -108,11 +205,36 @@ class Associator:
         self._nodes: dict[str, np.ndarray] = {}
         self._grid: Grid | None = None
         self._recent: list[Association] = []
+        #: Each searched seed's candidate (None: nothing found), by arrival key,
+        #: kept between steps while the seed is pending; and the seeds' times.
+        self._cache: dict[int, Association | None] = {}
+        self._seed_t: dict[int, int] = {}
+        #: Every recent arrival's (time, peak level) per node, used or not: what
+        #: came before a candidate's arrivals (see :meth:`_echo_lineup`).
+        self._heard: dict[str, list[tuple[int, float]]] = {}
+        self._unexplained: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        #: The network's timing-error scale (× the a-priori σ), learnt from recent
+        #: well-determined shots: widens the fine tolerance where the deployment's
+        #: timing is worse than its nodes claim (positions, wind, urban paths).
+        self.net_scale = 1.0
+        self._scales: list[float] = []
+        #: The wind (east, north m/s) and its 1-σ (m/s), pooled over recent shots
+        #: (see :meth:`note_wind`); (0, 0) and None until a shot has told.
+        self.wind_mps: tuple[float, float] = (0.0, 0.0)
+        self.wind_sigma_mps: float | None = None
+        self._winds: list[tuple[np.ndarray, np.ndarray]] = []   # (information · wind, data information)
 
     # ------------------------------------------------------------- inputs
     def add(self, arrival: Arrival) -> None:
         self.add_node(arrival.node, arrival.pos)
         self._pending.append(arrival)
+        self._heard.setdefault(arrival.node, []).append((arrival.t_ns, arrival.peak_dbfs))
+        if self._cache:
+            # a seed's search is kept between steps; one that could see this arrival is redone
+            span = self.max_travel_ns()
+            self._cache = {k: v for k, v in self._cache.items() if abs(self._seed_t.get(k, 0) - arrival.t_ns) > span}
+        # an arrival handed back (its shot could not be recorded) un-forms that shot
+        self._recent = [s for s in self._recent if all(a.key != arrival.key for a in s.arrivals)]
 
     def add_node(self, node: str, pos: np.ndarray) -> None:
         """Make a node known (from its heartbeat) before it reports any arrival, so
@@ -135,37 +257,89 @@ class Associator:
             span = max(span, float(np.max(np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=2))))
         return int((span / self.c + 0.05) * 1e9)
 
+    def height_prior(self) -> tuple[float, float] | None:
+        """(z0, σ) m of the source height prior, or None (fixed height or free 3-D).
+        σ is ``z_sigma`` widened by the spread (1.4826 × MAD) of the nodes' own
+        heights: on hilly ground the ground under the shooter is known no better."""
+        if self.z_sigma is None or self.z_source is None:
+            return None
+        z = np.array([p[2] for p in self._nodes.values()]) if self._nodes else np.zeros(1)
+        relief = 1.4826 * float(np.median(np.abs(z - np.median(z))))
+        return (float(self.z_source), float(math.hypot(self.z_sigma, relief)))
+
+    def note_wind(self, wind_mps: tuple[float, float], cov: np.ndarray, prior_sigma_mps: float) -> None:
+        """Pool one shot's wind estimate (east, north m/s; covariance (2, 2), from a
+        fit with the prior 0 ± ``prior_sigma_mps``) with the last ``WIND_POOL``
+        ones: the prior is taken out of each and put back once, and the data are
+        combined inverse-variance weighted."""
+        cov = np.asarray(cov, dtype=float)
+        if cov.shape != (2, 2) or not np.all(np.isfinite(cov)) or np.linalg.det(cov) <= 0:
+            return
+        prior_info = np.eye(2) / prior_sigma_mps**2
+        info = np.linalg.inv(cov)
+        w = np.asarray(wind_mps, dtype=float)
+        data_info = info - prior_info
+        lam, vec = np.linalg.eigh(data_info)
+        data_info = (vec * np.maximum(lam, 0.0)) @ vec.T
+        self._winds = (self._winds + [(info @ w, data_info)])[-WIND_POOL:]
+        total = prior_info + sum(i for _, i in self._winds)
+        pooled_cov = np.linalg.inv(total)
+        mean = pooled_cov @ sum(v for v, _ in self._winds)
+        self.wind_mps = (float(mean[0]), float(mean[1]))
+        self.wind_sigma_mps = float(np.sqrt(max(np.linalg.eigvalsh(pooled_cov).max(), 0.0)))
+
+    def _learn(self, shot: Association) -> None:
+        """Update :attr:`net_scale` from a formed shot with spare arrivals."""
+        n_params = self._n_params()
+        if shot.solution.n_used - n_params < SCALE_MIN_DOF:
+            return
+        self._scales = (self._scales + [shot.solution.scale])[-SCALE_POOL:]
+        self.net_scale = float(np.clip(np.median(self._scales), 1.0, MAX_NET_SCALE))
+
     # ------------------------------------------------------------- decide
     def step(self, watermark_ns: int | None) -> tuple[list[Association], list[Arrival]]:
         """Decide every pending arrival old enough for ``watermark_ns`` (None: all).
 
-        Among the ready seeds, the candidate shot explaining the most nodes is formed
+        Among the ready seeds' candidates the best (see :meth:`_better`) is formed
         first (so that an echo or a stray sound cannot take arrivals from a real
         shot), then the next, until no ready seed yields a shot; the ready seeds left
-        are put aside. Returns (new shots, arrivals put aside as unassociated)."""
+        are put aside. Returns (new shots, arrivals put aside as unassociated:
+        including second reports of a formed shot's sounds)."""
         shots: list[Association] = []
         rejected: list[Arrival] = []
         wait_ns = self.max_travel_ns() + int(self.cfg.latency_s * 1e9)
         self._pending.sort(key=lambda a: a.t_ns)
-        cache: dict[int, Association | None] = {}
+        cache = self._cache
         while True:
             ready = [a for a in self._pending
                      if watermark_ns is None or a.t_ns + wait_ns <= watermark_ns]
             if not ready:
                 break
+            # A seed that is already part of a viable candidate found from another
+            # seed would mostly find that candidate again: it is searched only if
+            # that candidate goes (formed or invalidated). A real shot is still
+            # found from any of its arrivals not taken by a weaker candidate.
+            covered = {a.key for v in cache.values() if v is not None and not self._is_echo(v)
+                       for a in v.arrivals}
             for seed in ready:
-                if seed.key not in cache:
-                    cache[seed.key] = self._try_seed(seed)
+                if seed.key not in cache and seed.key not in covered:
+                    cand = self._try_seed(seed)
+                    cache[seed.key] = cand
+                    self._seed_t[seed.key] = seed.t_ns
+                    if cand is not None and not self._is_echo(cand):
+                        covered |= {a.key for a in cand.arrivals}
             # An arrival whose own search found nothing may still belong to a shot
             # found from another seed; only when no ready seed yields a shot are
             # the ready arrivals left over put aside (echoes, local sounds, …).
-            cands = [cache[a.key] for a in ready
-                     if cache[a.key] is not None and not self._is_echo_ghost(cache[a.key])]
+            cands = [cache[a.key] for a in ready if cache.get(a.key) is not None]
+            cands = [c for c in cands if not self._is_echo(c) and not self._echo_lineup(c)]
             if not cands:
                 rejected.extend(ready)
                 keys = {a.key for a in ready}
                 self._pending = [a for a in self._pending if a.key not in keys]
+                self._cache = {k: v for k, v in cache.items() if k not in keys}
                 break
+            self._index_preceding()
             best = cands[0]
             for cand in cands[1:]:
                 if self._better(cand, best):
@@ -179,13 +353,24 @@ class Associator:
             if watermark_ns is not None and max(a.t_ns for a in best.arrivals) + wait_ns > watermark_ns:
                 break
             used = {a.key for a in best.arrivals}
+            # a second report of the same sound at a node (within the fine
+            # tolerance of the arrival used there) is that node's duplicate
+            dups = self._duplicates(best)
+            rejected.extend(dups)
+            used |= {a.key for a in dups}
             self._pending = [a for a in self._pending if a.key not in used]
-            cache = _without(cache, used)
+            cache = self._cache = _without(cache, used)
             shots.append(best)
             self._recent.append(best)
+            self._learn(best)
+            self._repeats(best, cache)
         if self._recent:
             horizon = (self._pending[0].t_ns if self._pending else (watermark_ns or 0)) - wait_ns - int(5e9)
             self._recent = [s for s in self._recent if s.t0_ns > horizon]
+        self._cache = {k: v for k, v in self._cache.items() if k in {a.key for a in self._pending}}
+        self._seed_t = {k: t for k, t in self._seed_t.items() if k in self._cache}
+        keep_from = (self._pending[0].t_ns if self._pending else (watermark_ns or 0)) - 2 * wait_ns
+        self._heard = {n: [h for h in v if h[0] >= keep_from] for n, v in self._heard.items()}
         shots.sort(key=lambda s: s.t0_ns)
         return shots, rejected
 
@@ -198,7 +383,11 @@ class Associator:
         return self._grid
 
     def _candidates(self, seed: Arrival) -> dict[str, list[Arrival]]:
+        """Per other node, the pending arrivals that could come from the same
+        source as ``seed``: within the travel time between the two nodes (at the
+        slowest candidate speed of sound) plus the extension tolerance."""
         span = self.max_travel_ns()
+        slack = self._extend_tolerance() + 0.01
         by_node: dict[str, list[Arrival]] = {}
         lo = seed.t_ns - span
         for a in self._pending:
@@ -208,7 +397,9 @@ class Associator:
                 break
             if a.node == seed.node or a.sigma_s > MAX_SIGMA_S:
                 continue
-            by_node.setdefault(a.node, []).append(a)
+            reach = float(np.linalg.norm(a.pos[:2] - seed.pos[:2])) / self.c + slack
+            if abs(a.t_ns - seed.t_ns) * 1e-9 <= reach:
+                by_node.setdefault(a.node, []).append(a)
         return by_node
 
     def _try_seed(self, seed: Arrival) -> Association | None:
@@ -218,75 +409,92 @@ class Associator:
         if len(cands) + 1 < self.cfg.min_nodes:
             return None
         best: Association | None = None
-        for c in self.c_candidates:
-            cand = self._try_seed_at(seed, cands, c)
+        for p, c in self._peaks(seed, cands):
+            cand = self._refine(seed, cands, p, c)
             if cand is not None and (best is None or self._better(cand, best)):
                 best = cand
-        if best is None or not self._enough_nodes(best) or self._chance(best, cands) > self.cfg.max_chance:
+        if best is None or not self._enough_nodes(best) or not self._consistent(best):
             return None
-        return best
+        chance = self._chance(best, cands)
+        if chance > self.cfg.max_chance:
+            return None
+        return replace(best, chance=chance)
 
-    def _chance(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
-        """Expected number of chance alignments as good as ``cand`` among the
-        arrivals around its seed, if none of them came from a common source.
-
-        Three arrivals (the seed and two others) always fit some source; each
-        further node fits by chance with probability q = 2·τ·λ (τ: the fine
-        tolerance, λ: that node's rate of arrivals around the seed). Multiplied
-        by the number of ways to pick the triple and the extra nodes. A real
-        shot heard by many nodes scores far below ``max_chance``; four stray
-        sounds that happen to line up, in a busy neighbourhood, do not."""
-        span_s = 2.0 * self.max_travel_ns() * 1e-9 or 1.0
-        rates = {n: len(arr) / span_s for n, arr in cands.items()}
-        tau = self._fine_tolerance(list(cand.arrivals))
-        heard = [a.node for a in cand.arrivals[1:] if a.node in rates]
-        k_extra = len(cand.arrivals) - 3
-        if k_extra <= 0:
-            return float("inf")
-        q = sorted((min(1.0, 2.0 * tau * rates[n]) for n in heard), reverse=True)[:k_extra]
-        others = len(rates)
-        mean_n = float(np.mean([len(a) for a in cands.values()])) if cands else 0.0
-        triples = math.comb(others, 2) * mean_n**2
-        extras = math.comb(max(others - 2, 0), k_extra)
-        return float(triples * extras * np.prod(q))
-
-    def _try_seed_at(self, seed: Arrival, cands: dict[str, list[Arrival]], c: float) -> Association | None:
-        """Grid search then refinement for one seed at speed of sound ``c``."""
+    def _peaks(self, seed: Arrival, cands: dict[str, list[Arrival]]) -> list[tuple[np.ndarray, float]]:
+        """The best (position, speed of sound) starting points for ``seed``:
+        coarse grid, then a fine grid around its best distinct cells."""
         cfg = self.cfg
         grid = self._grid_for()
+        fine = self._fine_tolerance()
         d0 = grid.distances(seed.node, seed.pos)
-        t_emit = -d0 / c                           # s relative to the seed's arrival
-        tol_c = grid.step_m * 0.75 / c + self._fine_tolerance([seed] + [a for arr in cands.values() for a in arr])
-        count = np.ones(len(d0))
-        for node, arr in cands.items():
-            times = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in arr])
-            pred = t_emit + grid.distances(node, arr[0].pos) / c
-            idx = np.searchsorted(times, pred)
-            lo = np.abs(times[np.maximum(idx - 1, 0)] - pred)
-            hi = np.abs(times[np.minimum(idx, len(times) - 1)] - pred)
-            near = np.minimum(lo, hi)
-            count += np.sqrt(np.clip(1.0 - near / tol_c, 0.0, None))
-        if count.max() < cfg.min_nodes - 0.5:
-            return None
-        order = np.argsort(-count)
-        tried: list[np.ndarray] = []
-        best: Association | None = None
-        for ci in order[:64]:
-            if count[ci] < cfg.min_nodes - 0.5:
+        rel = {n: np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in arr]) for n, arr in cands.items()}
+        pos = {n: arr[0].pos for n, arr in cands.items()}
+        c = self.c_nominal
+        # c-range: half the spread of 1/c over the candidates (s/m)
+        dc = 0.5 * (1.0 / self.c_candidates[0] - 1.0 / self.c_candidates[-1])
+        base = fine + grid.step_m * 0.9 / c
+        score = np.ones(len(d0))            # soft: how well (ranks cells)
+        hits = np.ones(len(d0))             # hard: how many nodes fit at all
+        for node, times in rel.items():
+            dd = grid.distances(node, pos[node]) - d0
+            pred = dd / c
+            tol = base + np.abs(dd) * dc if dc > 0 else base
+            w = _soft_hits(times, pred, tol)
+            score += w
+            hits += w > 0
+        need = cfg.min_nodes - 0.5
+        score[hits < need] = 0.0
+        if score.max() <= 0.0:
+            return []
+        order = np.argsort(-score)[:256]
+        picked: list[np.ndarray] = []
+        for ci in order:
+            if score[ci] <= 0.0 or len(picked) >= COARSE_PEAKS:
                 break
             p = grid.cells[ci]
-            if any(np.linalg.norm(p[:2] - q[:2]) < 4 * grid.step_m for q in tried):
+            if any(abs(p[0] - q[0]) < 3.5 * grid.step_m and abs(p[1] - q[1]) < 3.5 * grid.step_m for q in picked):
                 continue
-            tried.append(p)
-            cand = self._refine(seed, cands, p, tol_c, c)
-            if cand is not None and (best is None or self._better(cand, best)):
-                best = cand
-            # every node with an arrival fits: nothing better can be found
-            if best is not None and best.solution.n_used == len(cands) + 1:
-                break
-            if len(tried) >= MAX_CELLS:
-                break
-        return best
+            picked.append(p)
+        # fine grid (and every candidate c) around each coarse peak
+        h = grid.step_m * FINE_HALF_STEPS
+        fstep = max(0.5, grid.step_m * FINE_FRACTION)
+        offs = np.arange(-h, h + 1e-9, fstep)
+        ox, oy = np.meshgrid(offs, offs, indexing="xy")
+        ftol = fine + fstep * 0.9 / c
+        out: list[tuple[np.ndarray, float]] = []
+        nodes = list(rel)
+        npos = np.array([pos[n] for n in nodes])
+        reach = ftol + 2.0 * h * math.sqrt(2.0) / self.c
+        for p in picked:
+            # per node, only the arrivals the fine grid around p can reach
+            dd_p = _norm_rows(npos - p) - float(np.linalg.norm(seed.pos - p))
+            win = reach + np.abs(dd_p) * dc
+            sel = [rel[n][np.abs(rel[n] - dd_p[i] / c) <= win[i]] for i, n in enumerate(nodes)]
+            kmax = max(1, max(len(x) for x in sel))
+            times = np.full((len(nodes), kmax), np.inf)
+            for i, x in enumerate(sel):
+                times[i, :len(x)] = x
+            cells = np.column_stack([p[0] + ox.ravel(), p[1] + oy.ravel(), np.full(ox.size, grid.z)])
+            dist0 = _norm_rows(cells - seed.pos)
+            diff = cells[:, None, :] - npos[None, :, :]
+            dd = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)) - dist0[:, None]      # (cells, nodes)
+            best_s, best = -1.0, (p, c)
+            for cc in self.c_candidates:
+                near = np.min(np.abs(times[None, :, :] - (dd / cc)[:, :, None]), axis=2)
+                w = np.sqrt(np.clip(1.0 - near / ftol, 0.0, None))
+                s = 1.0 + np.sum(w, axis=1)
+                s[1.0 + np.count_nonzero(w, axis=1) < need] = 0.0
+                k = int(np.argmax(s))
+                if s[k] > best_s:
+                    best_s, best = float(s[k]), (cells[k], cc)
+            if best_s > 0.0:
+                out.append((best_s, best))
+        if not out:
+            return []
+        top = max(s for s, _ in out)
+        out.sort(key=lambda x: -x[0])
+        # a peak much weaker than the best one is another (partial) alignment
+        return [b for s, b in out if s >= PEAK_FRACTION * top][:REFINE_PEAKS]
 
     def _enough_nodes(self, cand: Association) -> bool:
         """A real shot heard at some distance is heard by most nodes closer than
@@ -301,67 +509,331 @@ class Associator:
         near = sum(1 for n, d in dist.items() if d <= reach)
         return len(heard) >= max(self.cfg.min_nodes, int(np.ceil(self.cfg.min_fraction * near)))
 
-    @staticmethod
-    def _better(a: Association, b: Association) -> bool:
-        na, nb = a.solution.n_used, b.solution.n_used
-        return na > nb or (na == nb and a.solution.rms_s < b.solution.rms_s)
+    def _chance(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
+        """Expected number of chance alignments as good as ``cand`` among the
+        arrivals around its seed, if none of them came from a common source.
 
-    def _fine_tolerance(self, arrivals: list[Arrival]) -> float:
-        """How far (s) an arrival may be from a shot's prediction and still belong
-        to it: ``tolerance_sigmas`` × the typical timing error (the arrivals' own,
-        with the model error), never less than ``tolerance_s``."""
-        sig = float(np.median([a.sigma_s for a in arrivals]))
-        return max(self.cfg.tolerance_s, self.cfg.tolerance_sigmas * float(np.hypot(sig, self.model_sigma_s)))
+        The seed and ``u − 1`` arrivals at other nodes (u unknowns: x, y, t0, and
+        c when the temperature is unknown) always fit some source; each further
+        node fits by chance with probability q = 2·τ·λ (λ: that node's rate of
+        arrivals around the seed). The count of such choices is divided by the
+        number of ways one alignment of k nodes contains the seed's
+        (u − 1)-tuples. Evaluated twice, and the smaller taken: for the core (k
+        arrivals within the fine tolerance τ) and for all the arrivals kept (τ:
+        the largest residual among them). A real shot heard by many nodes scores
+        far below ``max_chance``; a few stray sounds that happen to line up, in a
+        busy neighbourhood, do not."""
+        u = 3 + (1 if self.c_unknown else 0)
+        slack = self._extend_tolerance() + 0.01
+        seed = cand.arrivals[0]
+        rates: list[float] = []
+        counts: list[int] = []
+        for n, arr in cands.items():
+            window = 2.0 * (float(np.linalg.norm(arr[0].pos[:2] - seed.pos[:2])) / self.c + slack)
+            rates.append(len(arr) / max(window, 1e-3))
+            counts.append(len(arr))
+        others = len(rates)
+        if others < u:
+            return float("inf")
+        mean_n = float(np.mean(counts))
+        tuples = math.comb(others, u - 1) * mean_n ** (u - 1)
+        rates.sort(reverse=True)
+        tau_all = max(self._fine_tolerance(), float(np.max(np.abs(cand.solution.residuals_s[cand.solution.used]))))
+        out = float("inf")
+        for k, tau in ((cand.n_core, self._fine_tolerance()), (cand.solution.n_used, tau_all)):
+            k_extra = k - u
+            if k_extra <= 0 or others < u - 1 + k_extra:
+                continue
+            q = [min(1.0, 2.0 * tau * r) for r in rates[:k_extra]]
+            extras = math.comb(others - (u - 1), k_extra)
+            overlap = math.comb(k - 1, u - 1)
+            out = min(out, float(tuples * extras * np.prod(q) / overlap))
+        return out
 
-    def _solve(self, seed: Arrival, chosen: list[Arrival], c: float, p: np.ndarray,
-               max_reject: int | None) -> Solution | None:
+    def _better(self, a: Association, b: Association) -> bool:
+        """Ranking: most arrivals that are first at their node (see
+        :meth:`_preceded`), then a repeat of a formed shot's position (a burst),
+        then most arrivals, then the largest core, then the smallest rms."""
+        ka = (a.solution.n_used - self._preceded(a), self._repeat(a), a.solution.n_used, a.n_core)
+        kb = (b.solution.n_used - self._preceded(b), self._repeat(b), b.solution.n_used, b.n_core)
+        return ka > kb or (ka == kb and a.solution.rms_s < b.solution.rms_s)
+
+    def _repeat(self, cand: Association) -> bool:
+        """``cand`` is another round from where a formed shot was, shortly before
+        or after it (a burst fires from one place)."""
+        return any(abs(cand.t0_ns - s.t0_ns) <= REPEAT_WINDOW_S * 1e9
+                   and float(np.linalg.norm(cand.solution.pos[:2] - s.solution.pos[:2])) < DUPLICATE_M
+                   for s in self._recent)
+
+    def _index_preceding(self) -> None:
+        """Index, per node, the pending arrivals not explained as echoes of a formed
+        shot (trailing its arrival at that node by at most ``ECHO_WINDOW_S``)."""
+        window = ECHO_WINDOW_S * 1e9
+        trail: dict[str, list[int]] = {}
+        for shot in self._recent:
+            for x in shot.arrivals:
+                trail.setdefault(x.node, []).append(x.t_ns)
+        idx: dict[str, list[tuple[int, float]]] = {}
+        for x in self._pending:
+            if any(0 < x.t_ns - t <= window for t in trail.get(x.node, ())):
+                continue
+            idx.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs))
+        self._unexplained = {n: (np.array([t for t, _ in v], dtype=np.int64), np.array([lv for _, lv in v]))
+                             for n, v in idx.items()}
+
+    def _preceded(self, cand: Association) -> int:
+        """How many of ``cand``'s arrivals come shortly (≤ ``ECHO_WINDOW_S``) after
+        another pending, unexplained arrival at the same node that was about as
+        loud or louder (≥ its level − ``PRECEDE_DB``). A shot's sound is the first
+        its nodes hear of it; a line-up of echoes, or of different rounds of a
+        burst at different nodes, comes after sounds nothing has explained."""
+        window = ECHO_WINDOW_S * 1e9
+        fine = self._fine_tolerance() * 1e9
+        n = 0
+        for x in cand.arrivals:
+            got = self._unexplained.get(x.node)
+            if got is None:
+                continue
+            t, level = got
+            if np.any((t < x.t_ns - fine) & (t >= x.t_ns - window) & (level >= x.peak_dbfs - PRECEDE_DB)):
+                n += 1
+        return n
+
+    def _sigma(self, arrivals: list[Arrival]) -> np.ndarray:
+        return np.sqrt(np.array([a.sigma_s for a in arrivals]) ** 2 + self.model_sigma_s**2)
+
+    def _fine_tolerance(self) -> float:
+        """How far (s) an arrival may be from a shot's prediction and still be part
+        of its core: ``tolerance_sigmas`` × the typical timing error (the pending
+        arrivals' own, with the model error), never less than ``tolerance_s``."""
+        sig = float(np.median([a.sigma_s for a in self._pending])) if self._pending else 0.0
+        tol = self.cfg.tolerance_sigmas * float(np.hypot(sig, self.model_sigma_s)) * self.net_scale
+        return min(max(self.cfg.tolerance_s, tol), max(self.cfg.tolerance_s, self.cfg.extend_tolerance_s))
+
+    def _extend_tolerance(self) -> float:
+        return max(self.cfg.extend_tolerance_s, self._fine_tolerance())
+
+    def _solve(self, seed: Arrival, chosen: list[Arrival], c: float, p: np.ndarray, *,
+               fit_c: bool, robust: bool) -> Solution | None:
+        """Solve for ``chosen`` (times relative to ``seed``) from ``p``: plain
+        Huber-weighted fit when not ``robust``; else with the data's residual
+        scale and one-at-a-time rejection."""
         rec = np.array([a.pos for a in chosen])
         ts = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in chosen])
-        sig = np.sqrt(np.array([a.sigma_s for a in chosen]) ** 2 + self.model_sigma_s**2)
+        sig = self._sigma(chosen)
         fixed = self.z_source if self.z_sigma is None else None
-        prior = (self.z_source, self.z_sigma) if self.z_sigma is not None and self.z_source is not None else None
+        prior = self.height_prior()
+        c_sigma = self.c_sigma if fit_c and len(chosen) >= 5 else None
+        # once the network has shown how well its shots fit, a candidate may not
+        # keep arrivals that only a much looser fit would tolerate
+        cap = MIX_FACTOR * self.net_scale if len(self._scales) >= SCALE_MIN_SHOTS else None
         return solve(rec, ts, sig, c, x0=p, z_source=fixed, z_prior=prior, min_used=self.cfg.min_nodes,
-                     reject_sigma=max(self.cfg.tolerance_sigmas, self.cfg.tolerance_s / float(np.median(sig))),
-                     max_reject=max_reject)
+                     reject_sigma=self.cfg.tolerance_sigmas, max_reject=None if robust else 0,
+                     c_sigma=c_sigma, huber_k=2.0, adaptive=robust, wind0=self.wind_mps, max_scale=cap)
+
+    def _pick(self, seed: Arrival, cands: dict[str, list[Arrival]], p: np.ndarray, t0: float, c: float,
+              tol: float, skip: set[str] | None = None) -> list[Arrival]:
+        """Per node, the arrival nearest the prediction of source (p, t0) within ``tol``."""
+        out = []
+        for node, arr in cands.items():
+            if skip and node in skip:
+                continue
+            pred = t0 + float(np.linalg.norm(p - arr[0].pos)) / c
+            best, best_dt = None, tol
+            for a in arr:
+                dt = abs((a.t_ns - seed.t_ns) * 1e-9 - pred)
+                if dt < best_dt:
+                    best, best_dt = a, dt
+            if best is not None:
+                out.append(best)
+        return out
 
     def _refine(self, seed: Arrival, cands: dict[str, list[Arrival]], p0: np.ndarray,
-                tol_c: float, c: float) -> Association | None:
-        """From a grid cell: pick each node's arrival nearest the prediction, solve,
-        and repeat with the fine tolerance; then keep only arrivals that fit."""
+                c: float) -> Association | None:
+        """From a fine-grid cell: the core (nearest arrival per node, solve, repeat
+        with the fine tolerance), then the extension and the robust final solve."""
         cfg = self.cfg
-        fine = self._fine_tolerance([seed] + [a for arr in cands.values() for a in arr])
+        fine = self._fine_tolerance()
+        grid = self._grid_for()
         p = p0.copy()
-        t0 = -np.linalg.norm(p - seed.pos) / c
-        tol = tol_c
+        t0 = -float(np.linalg.norm(p - seed.pos)) / c
         sol: Solution | None = None
         chosen: list[Arrival] = []
-        for it in range(3):
-            chosen = [seed]
-            for node, arr in cands.items():
-                pred = t0 + np.linalg.norm(p - arr[0].pos) / c
-                dt = [abs((a.t_ns - seed.t_ns) * 1e-9 - pred) for a in arr]
-                k = int(np.argmin(dt))
-                if dt[k] < tol:
-                    chosen.append(arr[k])
+        for tol in (fine + grid.step_m * FINE_FRACTION * 1.5 / c, fine):
+            chosen = [seed] + self._pick(seed, cands, p, t0, c, tol)
             if len(chosen) < cfg.min_nodes:
                 return None
-            sol = self._solve(seed, chosen, c, p, None if it == 2 else 0)
+            sol = self._solve(seed, chosen, c, p, fit_c=self.c_unknown, robust=False)
             if sol is None:
                 return None
-            p, t0 = sol.pos, sol.t0_s
-            tol = fine
+            p, t0, c = sol.pos, sol.t0_s, sol.c_mps
         assert sol is not None
-        keep = sol.used & (np.abs(sol.residuals_s) < fine)
+        keep = np.abs(sol.residuals_s) < fine
         if not keep[0] or keep.sum() < cfg.min_nodes:
             return None
-        chosen = [a for a, k in zip(chosen, keep) if k]
-        sol = self._solve(seed, chosen, c, p, 0)
-        if sol is None:
+        core = [a for a, k in zip(chosen, keep) if k]
+        # extension: the nodes not in the core, within the wider tolerance
+        ext = self._extend_tolerance()
+        extra = self._pick(seed, cands, p, t0, c, ext, skip={a.node for a in core}) if ext > fine else []
+        final = core + extra
+        sol = self._solve(seed, final, c, p, fit_c=self.c_unknown, robust=True)
+        if sol is not None and not self._consistent(Association((), sol, seed.t_ns)):
+            # something fits well enough not to be rejected but spoils the fit (an
+            # arrival of another sound that happens to line up): leave out, one at
+            # a time, the arrival whose absence makes the rest fit best
+            final, sol = self._trim(seed, final, c, sol)
+        if sol is None or not sol.used[0]:
             return None
-        return Association(arrivals=tuple(chosen), solution=sol, ref_ns=seed.t_ns)
+        n_core = int(np.count_nonzero(sol.used[:len(core)] & (np.abs(sol.residuals_s[:len(core)]) < fine)))
+        if n_core < cfg.min_nodes:
+            return None
+        arrivals = tuple(a for a, k in zip(final, sol.used) if k)
+        if len(arrivals) < len(final):
+            sol = self._solve(seed, list(arrivals), c, sol.pos, fit_c=self.c_unknown, robust=False)
+            if sol is None:
+                return None
+        return Association(arrivals=arrivals, solution=sol, ref_ns=seed.t_ns, n_core=n_core)
 
-    def _is_echo_ghost(self, cand: Association) -> bool:
-        return any(_mirrors(cand, shot) for shot in self._recent)
+    def _trim(self, seed: Arrival, arrivals: list[Arrival], c: float,
+              sol: Solution) -> tuple[list[Arrival], Solution | None]:
+        """Drop arrivals (never the seed) one at a time, each time the one whose
+        absence leaves the smallest residual scale, until the fit is consistent
+        with the network's (:meth:`_consistent`) or ``min_nodes`` are left."""
+        cur = list(arrivals)
+        while len(cur) > self.cfg.min_nodes:
+            best: tuple[float, int, Solution] | None = None
+            for i in range(1, len(cur)):
+                trial = cur[:i] + cur[i + 1:]
+                s = self._solve(seed, trial, c, sol.pos, fit_c=self.c_unknown, robust=False)
+                if s is None:
+                    continue
+                e = s.residuals_s / self._sigma(trial)
+                sc = residual_scale(e, self._n_params())
+                if best is None or sc < best[0]:
+                    best = (sc, i, s)
+            if best is None:
+                return cur, None
+            cur.pop(best[1])
+            sol = self._solve(seed, cur, c, best[2].pos, fit_c=self.c_unknown, robust=True)
+            if sol is None:
+                return cur, None
+            if self._consistent(Association((), sol, seed.t_ns)):
+                return cur, sol
+        return cur, None
+
+    def _repeats(self, shot: Association, cache: dict[int, Association | None]) -> None:
+        """Look for further rounds from the position of a shot just formed: a burst
+        fires from one place, so another round reaches every node the same time
+        after (or before) that shot did. A pending arrival at one of the shot's
+        nodes, up to ``REPEAT_WINDOW_S`` from the shot's arrival there, whose
+        delay is matched
+        (within the fine tolerance) at enough other nodes of the shot, is searched
+        again from the shot's position; the result replaces its cached candidate
+        when better. (Rounds 67 ms apart make the grid search ambiguous; this
+        search is not.)"""
+        fine_ns = self._fine_tolerance() * 1e9
+        at = {a.node: a.t_ns for a in shot.arrivals}
+        by_node: dict[str, np.ndarray] = {}
+        for a in self._pending:
+            if a.node in at:
+                by_node.setdefault(a.node, []).append(a.t_ns)
+        times = {n: np.array(v, dtype=np.int64) for n, v in by_node.items()}
+        window = REPEAT_WINDOW_S * 1e9
+        for a in self._pending:
+            if a.node not in at or not fine_ns < abs(a.t_ns - at[a.node]) <= window:
+                continue
+            delay = a.t_ns - at[a.node]
+            match = 1 + sum(1 for n, t in times.items() if n != a.node
+                            and np.any(np.abs(t - (at[n] + delay)) <= fine_ns))
+            if match < self.cfg.min_nodes:
+                continue
+            cands = self._candidates(a)
+            cand = self._refine(a, cands, shot.solution.pos.copy(), shot.solution.c_mps or self.c_nominal)
+            if cand is None or not self._enough_nodes(cand):
+                continue
+            chance = self._chance(cand, cands)
+            if chance > self.cfg.max_chance:
+                continue
+            old = cache.get(a.key)
+            if old is None or self._better(cand, old):
+                cache[a.key] = replace(cand, chance=chance)
+                self._seed_t[a.key] = a.t_ns
+
+    def _echo_lineup(self, cand: Association) -> bool:
+        """``cand`` is made of echoes: at half or more of its nodes, a louder sound
+        (by ``ECHO_LEVEL_DB``) came shortly before (within ``ECHO_WINDOW_S``).
+        An echo is always later and weaker than the sound it echoes; a real shot's
+        arrival is the loudest thing its node heard in the moment before it, bar
+        the occasional louder sound from elsewhere. (Inactive when the arrivals
+        carry no levels, e.g. picks from another system: then none is louder.)"""
+        window = ECHO_WINDOW_S * 1e9
+        n = 0
+        for a in cand.arrivals:
+            for t, level in self._heard.get(a.node, ()):
+                if a.t_ns - window <= t < a.t_ns and level >= a.peak_dbfs + ECHO_LEVEL_DB:
+                    n += 1
+                    break
+        return n >= max(1, 0.5 * len(cand.arrivals))
+
+    def _n_params(self) -> int:
+        """Unknowns of an association solve: x, y, t0, the height (with its prior
+        or free), and c when the temperature is unknown."""
+        return 3 + (self.z_sigma is not None or self.z_source is None) + (self.c_sigma is not None)
+
+    def _consistent(self, cand: Association) -> bool:
+        """``cand`` fits as well as the network's shots do: its residual scale is at
+        most ``MIX_FACTOR`` × the network's, once ``SCALE_MIN_SHOTS`` shots have
+        taught that. Arrivals of different rounds of a burst, or of a shot and its
+        echoes, can line up into a candidate with as many nodes as a real round,
+        but only loosely."""
+        if len(self._scales) < SCALE_MIN_SHOTS:
+            return True
+        return cand.solution.scale <= MIX_FACTOR * self.net_scale
+
+    def _duplicates(self, shot: Association) -> list[Arrival]:
+        """Pending arrivals, not part of ``shot``, at one of its nodes within the
+        fine tolerance of the arrival it used there: the same sound reported twice."""
+        tol_ns = self._fine_tolerance() * 1e9
+        used_at = {a.node: a.t_ns for a in shot.arrivals}
+        keys = {a.key for a in shot.arrivals}
+        return [a for a in self._pending
+                if a.key not in keys and a.node in used_at and abs(a.t_ns - used_at[a.node]) <= tol_ns]
+
+    def _is_echo(self, cand: Association) -> bool:
+        """``cand`` is explained by a formed shot: its mirror-image ghost, the same
+        round found twice, or a weak line-up of arrivals trailing that shot's."""
+        for shot in self._recent:
+            if _mirrors(cand, shot) or _duplicate(cand, shot):
+                return True
+            if _trails(cand, shot):
+                n, m = cand.solution.n_used, shot.solution.n_used
+                # the next round of a burst comes from the same place; a line-up of
+                # echoes from elsewhere must be as strong as the shot it trails
+                same_place = float(np.linalg.norm(cand.solution.pos[:2] - shot.solution.pos[:2])) < DUPLICATE_M
+                if n < ECHO_MIN_FRACTION * m or (not same_place and n < max(m, self.cfg.min_nodes + 2)):
+                    return True
+        return False
+
+
+def _soft_hits(times: np.ndarray, pred: np.ndarray, tol: np.ndarray | float) -> np.ndarray:
+    """Per cell, how well the nearest of ``times`` (sorted, s) fits ``pred``: 1 for
+    an exact fit, falling to 0 at ``tol``."""
+    if times.size == 1:
+        near = np.abs(pred - times[0])
+    elif times.size <= 8:
+        near = np.abs(pred - times[0])
+        for t in times[1:]:
+            np.minimum(near, np.abs(pred - t), out=near)
+    else:
+        idx = np.searchsorted(times, pred)
+        lo = np.abs(times[np.maximum(idx - 1, 0)] - pred)
+        hi = np.abs(times[np.minimum(idx, len(times) - 1)] - pred)
+        near = np.minimum(lo, hi)
+    return np.sqrt(np.clip(1.0 - near / tol, 0.0, None))
+
+
+def _norm_rows(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
 
 
 def _without(cache: dict[int, Association | None], keys: set[int]) -> dict[int, Association | None]:
@@ -378,3 +850,19 @@ def _mirrors(ghost: Association, shot: Association) -> bool:
     first = {a.node: a.t_ns for a in shot.arrivals}
     common = [a for a in ghost.arrivals if a.node in first]
     return bool(common) and all(a.t_ns > first[a.node] for a in common)
+
+
+def _duplicate(cand: Association, shot: Association) -> bool:
+    """``cand`` is ``shot`` found a second time (from the arrivals it left over)."""
+    if cand is shot or abs(shot.t0_ns - cand.t0_ns) > DUPLICATE_T0_S * 1e9:
+        return False
+    return float(np.linalg.norm(cand.solution.pos[:2] - shot.solution.pos[:2])) < DUPLICATE_M
+
+
+def _trails(cand: Association, shot: Association) -> bool:
+    """Most (≥ 3/4) of ``cand``'s arrivals come at most ``ECHO_WINDOW_S`` after
+    ``shot``'s arrival at the same node."""
+    first = {a.node: a.t_ns for a in shot.arrivals}
+    n = sum(1 for a in cand.arrivals
+            if a.node in first and 0 < a.t_ns - first[a.node] <= ECHO_WINDOW_S * 1e9)
+    return n >= 0.75 * len(cand.arrivals)

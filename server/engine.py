@@ -284,20 +284,52 @@ class Engine:
         return reports
 
     def _final_solution(self, shot: Association):
-        """The association's solution, re-solved with the speed of sound fitted
-        too when enough nodes heard the shot (the air is never exactly as assumed)."""
+        """The association's solution, re-solved with what the shot's arrivals can
+        tell beyond it: the speed of sound (≥ ``fit_speed_min_nodes`` arrivals: the
+        air is never exactly as assumed; prior from the configured temperature) and
+        the wind (≥ ``fit_wind_min_nodes``), and the arrival times refined by
+        cross-correlating the event snippets when the arrivals carry them
+        (``refine_xcorr``). The wind is the same for every shot of the network:
+        each shot that can fit it adds its own estimate to the associator's pooled
+        one, and the pooled wind is the prior of every shot."""
+        scfg = self.cfg.solver
+        assoc = self.assoc
         n = len(shot.arrivals)
-        if self.cfg.solver.fit_speed_min_nodes <= 0 or n < self.cfg.solver.fit_speed_min_nodes:
+        fit_c = scfg.fit_speed_min_nodes > 0 and n >= scfg.fit_speed_min_nodes
+        fit_w = scfg.fit_wind_min_nodes > 0 and n >= scfg.fit_wind_min_nodes
+        t_ns = np.array([a.t_ns for a in shot.arrivals], dtype=np.int64)
+        refined = False
+        if scfg.refine_xcorr and sum(a.snippet is not None and a.snippet.size > 0 for a in shot.arrivals) >= 2:
+            # cross-correlate the event snippets: a refinement of the picks (server/tdoa.py)
+            from server.tdoa import Snippet, refine_times
+
+            snips = [Snippet(a.snippet, a.snippet_t0_ns, a.sample_rate_hz, a.t_ns)
+                     if a.snippet is not None and a.snippet.size > 0 else None for a in shot.arrivals]
+            t_ns, changed = refine_times(snips)
+            refined = bool(changed.any())
+        if not fit_c and not fit_w and assoc.wind_sigma_mps is None and not refined:
             return shot.solution
         rec = np.array([a.pos for a in shot.arrivals])
-        ts = np.array([(a.t_ns - shot.ref_ns) * 1e-9 for a in shot.arrivals])
-        sig = np.sqrt(np.array([a.sigma_s for a in shot.arrivals]) ** 2 + self.cfg.solver.model_sigma_s**2)
-        z = self.assoc.z_source
-        mode = self.cfg.solver.mode
-        sol = solve(rec, ts, sig, shot.solution.c_mps or self.c, x0=shot.solution.pos,
-                    z_source=z if mode == "2d" else None,
-                    z_prior=(z, self.cfg.solver.height_sigma_m) if mode == "auto" and z is not None else None,
-                    max_reject=0, c_sigma=self.c_sigma)
+        ts = (t_ns - shot.ref_ns) * 1e-9
+        sig = np.sqrt(np.array([a.sigma_s for a in shot.arrivals]) ** 2 + scfg.model_sigma_s**2)
+        z = assoc.z_source
+        kw = dict(x0=shot.solution.pos, z_source=z if scfg.mode == "2d" else None,
+                  z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,
+                  c_sigma=self.c_sigma if fit_c else None, min_used=self.cfg.association.min_nodes)
+        c0 = self.c if fit_c else (shot.solution.c_mps or self.c)
+        if fit_w:
+            own = solve(rec, ts, sig, c0, wind_sigma=scfg.wind_sigma_mps, **kw)
+            # a shot's wind counts only if, with it, the arrivals fit as well as
+            # the nodes claim (residual scale ≤ 2 × the a-priori σ): where timing
+            # is several times worse (urban paths, mis-surveyed nodes) the two
+            # extra unknowns would only chase those errors
+            if own is not None and own.scale <= 2.0:
+                assoc.note_wind(own.wind_mps, own.cov[-2:, -2:], scfg.wind_sigma_mps)
+        sol = None
+        if assoc.wind_sigma_mps is not None:
+            sol = solve(rec, ts, sig, c0, wind0=assoc.wind_mps, wind_sigma=max(assoc.wind_sigma_mps, 0.2), **kw)
+        elif fit_c or refined:
+            sol = solve(rec, ts, sig, c0, **kw)
         return sol if sol is not None else shot.solution
 
     def _report(self, shot: Association, now_ns: int) -> ShotReport:

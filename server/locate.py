@@ -16,12 +16,11 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 
-from common.config import AssociationConfig, DetectorConfig, ServerConfig
+from common.config import DetectorConfig, ServerConfig
 from common.protocol import Event
 from common.recording_set import RecordingSet, RecordingSetError, SetNode, load_set
 from common.timefmt import ns_to_iso
@@ -38,6 +37,8 @@ WAV_TIMING_SIGMA_NS = 50_000.0
 #: exported at 1 ms resolution from another system's detector.
 PICK_SIGMA_S = 0.001
 CHUNK_S = 10.0
+#: Picks at one node closer together than this (s) are the same pulse.
+SAME_PICK_S = 0.0005
 
 
 def node_events_from_wav(node: SetNode, detector_cfg: DetectorConfig) -> list[Event]:
@@ -63,9 +64,17 @@ def _position(node: SetNode):
 
 
 def pick_events(rs: RecordingSet, pick_sigma_s: float = PICK_SIGMA_S) -> list[Event]:
-    """The set's arrival picks as events (no snippet: nothing to cross-correlate)."""
+    """The set's arrival picks as events (no snippet: nothing to cross-correlate).
+
+    Picks at the same node closer together than :data:`SAME_PICK_S` are one
+    pulse reported twice (exported data does that): only the first is kept."""
     out = []
-    for k, a in enumerate(sorted(rs.arrivals, key=lambda a: a.t_utc_ns)):
+    last: dict[str, int] = {}
+    for a in sorted(rs.arrivals, key=lambda a: (a.t_utc_ns, a.node)):
+        if a.node in last and a.t_utc_ns - last[a.node] < SAME_PICK_S * 1e9:
+            continue
+        last[a.node] = a.t_utc_ns
+        k = len(out)
         n = rs.node(a.node)
         out.append(Event(node_id=n.id, seq=k, t_utc_ns=a.t_utc_ns, sigma_ns=pick_sigma_s * 1e9,
                          sample_rate_hz=1000.0, peak_dbfs=0.0, snr_db=float(a.snr_db or 0.0),
@@ -136,7 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per located shot")
     p.add_argument("--plot", metavar="FILE.png", help="draw a map of nodes and located shots")
     p.add_argument("--temperature", type=float, help="air temperature in °C (overrides the set's)")
+    p.add_argument("--model-sigma-ms", type=float, metavar="MS",
+                   help="timing error the network's geometry adds to every arrival (node positions, paths "
+                        "around buildings), 1 σ in ms (default 0.5; urban networks surveyed to metres: 3-5)")
+    p.add_argument("--max-chance", type=float, metavar="P",
+                   help="largest accepted expected number of chance alignments per searched arrival "
+                        "(default 1e-4; small sparse recordings may need 0.01 to accept 4-node shots)")
     return p
+
+
+def cli_server_config(args: argparse.Namespace) -> ServerConfig:
+    """The server config from the command line's options (defaults otherwise)."""
+    cfg = ServerConfig(database=":memory:", allow_plaintext=True)
+    if args.model_sigma_ms is not None:
+        if not args.model_sigma_ms >= 0:
+            raise RecordingSetError(f"--model-sigma-ms {args.model_sigma_ms}: must be >= 0 ms")
+        cfg = replace(cfg, solver=replace(cfg.solver, model_sigma_s=args.model_sigma_ms * 1e-3))
+    if args.max_chance is not None:
+        if not args.max_chance > 0:
+            raise RecordingSetError(f"--max-chance {args.max_chance}: must be > 0")
+        cfg = replace(cfg, association=replace(cfg.association, max_chance=args.max_chance))
+    return cfg
 
 
 def _progress_bar(done: int, total: int) -> None:
@@ -154,7 +183,8 @@ def main(argv: list[str]) -> int:
         rs = load_set(args.path)
         if args.temperature is not None:
             rs = replace(rs, temperature_c=args.temperature)
-        reports = locate_set(rs, args.mode, progress=_progress_bar if sys.stderr.isatty() else None)
+        reports = locate_set(rs, args.mode, cfg=cli_server_config(args),
+                             progress=_progress_bar if sys.stderr.isatty() else None)
     except (RecordingSetError, WavError, FileNotFoundError) as exc:
         print(f"earwitness locate: {exc}", file=sys.stderr)
         return 2

@@ -73,19 +73,19 @@ def test_streaming_with_a_watermark_gives_the_same_shots():
     _check(found, shots)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_sounds_heard_by_one_node_only_never_make_shots(seed):
     """Unrelated impulses (doors, dogs, traffic) at every node, one every 2 s per
     node on average: no chance alignment becomes a shot."""
     nodes = _nodes()
     rng = np.random.default_rng(seed)
-    arrivals = [Arrival(k, f"n{k % 8}", REF + int(rng.uniform(0, 60) * 1e9), 2e-5, nodes[k % 8])
-                for k in range(240)]
+    arrivals = [Arrival(k, f"n{k % 8}", REF + int(rng.uniform(0, 40) * 1e9), 2e-5, nodes[k % 8])
+                for k in range(160)]
     assoc = Associator(AssociationConfig(), C, z_source=1.5)
     for a in arrivals:
         assoc.add(a)
     found, rejected = assoc.step(None)
-    assert found == [] and len(rejected) == 240
+    assert found == [] and len(rejected) == 160
 
 
 def test_mirror_image_of_an_echo_is_not_a_shot():
@@ -105,3 +105,110 @@ def test_mirror_image_of_an_echo_is_not_a_shot():
     found, _ = assoc.step(None)
     assert len(found) == 1
     assert np.linalg.norm(found[0].solution.pos[:2] - src[:2]) < 0.5
+
+
+def _shots_to_arrivals(nodes, shots, rng, sigma=2e-5, c=C, key0=0):
+    out = []
+    for p, t0 in shots:
+        for i, r in enumerate(nodes):
+            t = t0 + np.linalg.norm(r - p) / c + rng.normal(0, sigma)
+            out.append(Arrival(key0 + len(out), f"n{i}", REF + int(t * 1e9), sigma, r))
+    return out
+
+
+def test_the_same_sound_reported_twice_is_one_shot():
+    """Exported picks sometimes list one pulse twice at a node: the copies must not
+    make a second shot."""
+    rng = np.random.default_rng(7)
+    nodes = _nodes(seed=4)
+    shots = [(np.array([500.0, 600.0, 1.5]), 1.0)]
+    arrivals = _shots_to_arrivals(nodes, shots, rng)
+    arrivals += [Arrival(100 + a.key, a.node, a.t_ns, a.sigma_s, a.pos) for a in arrivals]
+    assoc = Associator(AssociationConfig(), C, z_source=1.5)
+    for a in sorted(arrivals, key=lambda a: a.t_ns):
+        assoc.add(a)
+    found, rejected = assoc.step(None)
+    assert len(found) == 1 and len(found[0].arrivals) == 8
+    assert len(rejected) == 8 and assoc.pending == 0
+
+
+def test_unknown_temperature_finds_shots_and_the_speed_of_sound():
+    """No temperature: the search spans candidate speeds (-10..30 °C) and the solver
+    fits c; shots at 0 °C (c = 331.8 m/s) are found and placed."""
+    from common.acoustics import speed_of_sound
+
+    rng = np.random.default_rng(8)
+    c_true = speed_of_sound(0.0)
+    nodes = _nodes(seed=6, n=10)
+    shots = [(np.array([300.0, 900.0, 1.5]), 1.0), (np.array([1000.0, 200.0, 1.5]), 3.0)]
+    arrivals = _shots_to_arrivals(nodes, shots, rng, c=c_true)
+    cands = tuple(speed_of_sound(t) for t in (-10.0, 0.0, 10.0, 20.0, 30.0))
+    assoc = Associator(AssociationConfig(), cands, z_source=1.5)
+    for a in sorted(arrivals, key=lambda a: a.t_ns):
+        assoc.add(a)
+    found, _ = assoc.step(None)
+    assert len(found) == 2
+    for sh, (p, t0) in zip(found, shots):
+        assert np.linalg.norm(sh.solution.pos[:2] - p[:2]) < 0.5
+        assert abs(sh.solution.c_mps - c_true) < 1.0
+
+
+def test_burst_at_15_rounds_per_second_is_separated_into_rounds():
+    rng = np.random.default_rng(9)
+    nodes = _nodes(seed=2)
+    p = np.array([700.0, 500.0, 1.5])
+    shots = [(p, 2.0 + k / 15.0) for k in range(10)]
+    arrivals = _shots_to_arrivals(nodes, shots, rng)
+    assoc = Associator(AssociationConfig(), C, z_source=1.5)
+    for a in sorted(arrivals, key=lambda a: a.t_ns):
+        assoc.add(a)
+    found, _ = assoc.step(None)
+    _check(found, shots)
+
+
+def test_two_shooters_in_the_same_second_are_two_shots_each_round():
+    rng = np.random.default_rng(10)
+    nodes = _nodes(seed=5)
+    a, b = np.array([250.0, 300.0, 1.5]), np.array([900.0, 850.0, 1.5])
+    shots = [(a, 1.0), (a, 1.25), (b, 1.1), (b, 1.45)]
+    arrivals = _shots_to_arrivals(nodes, shots, rng)
+    assoc = Associator(AssociationConfig(), C, z_source=1.5)
+    for x in sorted(arrivals, key=lambda x: x.t_ns):
+        assoc.add(x)
+    found, _ = assoc.step(None)
+    _check(found, shots)
+
+
+def test_urban_timing_scatter_is_learnt_and_tolerated():
+    """Picks scattered by 5 ms (an urban network with 1 ms picks): the shots are
+    still found with (nearly) every node, and the network's scale is learnt."""
+    rng = np.random.default_rng(12)
+    nodes = _nodes(seed=11, n=16)
+    shots = [(np.array([400.0 + 60 * k, 500.0, 1.5]), 1.0 + 0.8 * k) for k in range(6)]
+    arrivals = _shots_to_arrivals(nodes, shots, rng, sigma=0.005)
+    arrivals = [Arrival(a.key, a.node, a.t_ns, 0.001, a.pos) for a in arrivals]    # they claim 1 ms
+    assoc = Associator(AssociationConfig(), C, z_source=1.5, model_sigma_s=0.0005)
+    for a in sorted(arrivals, key=lambda a: a.t_ns):
+        assoc.add(a)
+    found, _ = assoc.step(None)
+    assert len(found) == 6
+    assert min(len(s.arrivals) for s in found) >= 14
+    for sh, (p, _) in zip(found, shots):
+        assert np.linalg.norm(sh.solution.pos[:2] - p[:2]) < 10.0
+    assert assoc.net_scale > 2.5
+
+
+def test_pooled_wind_takes_the_prior_out_once():
+    assoc = Associator(AssociationConfig(), C, z_source=1.5)
+    assert assoc.wind_sigma_mps is None
+    # three shots each saying (2, -1) ± 1 m/s, from fits with a 0 ± 4 m/s prior
+    prior = np.eye(2) / 16.0
+    data = np.eye(2) / 1.0
+    post_cov = np.linalg.inv(prior + data)
+    post_mean = post_cov @ (data @ np.array([2.0, -1.0]))
+    for _ in range(3):
+        assoc.note_wind(tuple(post_mean), post_cov, 4.0)
+    pooled = np.linalg.inv(prior + 3 * data)
+    expect = pooled @ (3 * data @ np.array([2.0, -1.0]))
+    assert np.allclose(assoc.wind_mps, expect, atol=1e-9)
+    assert abs(assoc.wind_sigma_mps - np.sqrt(pooled[0, 0])) < 1e-9

@@ -77,3 +77,80 @@ def test_error_radius_is_calibrated_for_gaussian_timing_noise():
         sol = solve(rec, t, sigma, C, z_source=1.5, max_reject=0)
         inside += np.linalg.norm(sol.pos[:2] - src[:2]) <= sol.error95_m
     assert inside / trials >= 0.90
+
+
+def test_jacobian_matches_finite_differences():
+    """Analytic derivatives of the travel time with wind, speed of sound, height."""
+    from server.solver import _Layout
+
+    rng = np.random.default_rng(3)
+    rec = _net(3)
+    lay = _Layout(None, 340.0, 2.0, 1.5, 3.0, 4.0)
+    q = np.array([100.0, 50.0, 2.0, 0.01, 341.0, 1.5, -2.0])
+    _, J = lay.model(q, rec)
+    for k in range(len(q)):
+        dq = np.zeros_like(q)
+        dq[k] = 1e-6 * max(1.0, abs(q[k]))
+        num = (lay.model(q + dq, rec, False)[0] - lay.model(q - dq, rec, False)[0]) / (2 * dq[k])
+        assert np.allclose(J[:, k], num, rtol=1e-5, atol=1e-12), k
+    assert rng is not None
+
+
+def test_wind_is_fitted_and_removes_the_bias():
+    """Sound drifts with the air: 2 m/s of wind moves an uncorrected fix by metres;
+    fitting the wind (8 nodes) recovers both the wind and the position."""
+    rng = np.random.default_rng(11)
+    c = 340.0
+    bias, fitted, winds = [], [], []
+    for k in range(30):
+        rec = _net(k % 7)
+        src = np.array([*rng.uniform(-400, 400, 2), 1.5])
+        w = np.array([2.0 * np.cos(k), 2.0 * np.sin(k), 0.0])
+        d = rec - src
+        r = np.linalg.norm(d, axis=1)
+        t = r / (c + d @ w / r) + rng.normal(0, 2e-5, len(rec))
+        plain = solve(rec, t, 5e-4, c, z_prior=(1.5, 3.0), max_reject=0)
+        sol = solve(rec, t, 5e-4, c, z_prior=(1.5, 3.0), max_reject=0, wind_sigma=4.0)
+        bias.append(np.linalg.norm(plain.pos[:2] - src[:2]))
+        fitted.append(np.linalg.norm(sol.pos[:2] - src[:2]))
+        winds.append(np.linalg.norm(np.array(sol.wind_mps) - w[:2]))
+    assert np.median(bias) > 1.0
+    assert np.median(fitted) < 0.1 and np.median(winds) < 0.1
+    # a known wind (no fit) is used as given
+    sol = solve(rec, t, 5e-4, c, z_prior=(1.5, 3.0), max_reject=0, wind0=(float(w[0]), float(w[1])))
+    assert np.linalg.norm(sol.pos[:2] - src[:2]) < 0.1 and sol.wind_mps == (float(w[0]), float(w[1]))
+
+
+def test_speed_of_sound_is_fitted_with_its_prior():
+    rec = _net(5)
+    src = np.array([120.0, -80.0, 1.5])
+    t = np.linalg.norm(rec - src, axis=1) / 331.0
+    sol = solve(rec, t, 2e-5, 343.0, z_source=1.5, c_sigma=8.0, max_reject=0)
+    assert abs(sol.c_mps - 331.0) < 0.2
+    assert np.linalg.norm(sol.pos - src) < 0.1
+
+
+def test_uniformly_poor_timing_keeps_every_arrival():
+    """When every arrival is several times worse than its stated σ (1 ms picks of
+    an urban network with 6 ms errors), the data's own scale widens acceptance:
+    nothing is thrown away, and the radius grows with the scatter."""
+    rng = np.random.default_rng(4)
+    rec = _net(6, n=16)
+    src = np.array([50.0, 60.0, 1.5])
+    t = np.linalg.norm(rec - src, axis=1) / C + rng.normal(0, 0.006, 16)
+    sol = solve(rec, t, 0.001, C, z_source=1.5)
+    assert sol.n_used == 16
+    assert 4.0 < sol.scale < 9.0
+    told_right = solve(rec, t, 0.006, C, z_source=1.5)       # as if σ had been stated correctly
+    assert told_right.n_used == 16
+    assert 0.7 < sol.error95_m / told_right.error95_m < 1.4
+    assert np.linalg.norm(sol.pos[:2] - src[:2]) <= sol.error95_m
+
+
+def test_residual_scale():
+    from server.solver import residual_scale
+
+    e = np.random.default_rng(0).normal(0, 3.0, 400)
+    assert 2.7 < residual_scale(e, 4) < 3.3
+    assert residual_scale(np.full(10, 0.1), 4) == 1.0          # never below 1
+    assert residual_scale(np.full(5, 9.0), 4) == 1.0           # too few spare arrivals to tell
