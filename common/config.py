@@ -78,7 +78,7 @@ class DetectorConfig:
     lta_s: float = 0.5
     trigger_ratio: float = 12.0
     release_ratio: float = 3.0
-    refractory_s: float = 0.060
+    refractory_s: float = 0.030
     pick_window_s: float = 0.010
     snippet_pre_s: float = 0.005
     snippet_post_s: float = 0.025

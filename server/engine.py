@@ -197,7 +197,9 @@ class Engine:
         self._note_node_z(ev.node_id, pos)
         sigma_s = ev.sigma_ns * 1e-9
         self.assoc.add(Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=sigma_s, pos=pos,
-                               peak_dbfs=ev.peak_dbfs, degraded=ev.degraded))
+                               peak_dbfs=ev.peak_dbfs, degraded=ev.degraded,
+                               snippet=ev.snippet if ev.snippet.size else None,
+                               snippet_t0_ns=ev.snippet_t0_ns, sample_rate_hz=ev.sample_rate_hz))
         mark = self._marks.get(ev.node_id)
         now = self.clock_ns()
         if mark is None:
