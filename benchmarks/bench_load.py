@@ -99,7 +99,14 @@ def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, sto
         def run(stop, _run=server.run):
             import cProfile
             cProfile.runctx("_run(stop)", globals(), {"_run": _run, "stop": stop}, os.environ["EW_PROFILE"])
-    th = threading.Thread(target=run, args=(ev,), daemon=True)
+    loop_cpu = [0.0]
+
+    def timed_run(stop, _run=run):
+        try:
+            _run(stop)
+        finally:
+            loop_cpu[0] = time.thread_time()
+    th = threading.Thread(target=timed_run, args=(ev,), daemon=True)
     th.start()
     # measure the engine's own time (association + solver) as a share of the loop
     engine_cpu = [0.0]
@@ -122,6 +129,7 @@ def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, sto
         security.close()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out.put({"stats": server.stats(), "maxrss_mb": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
+             "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "loop_cpu_s": loop_cpu[0],
              "engine_cpu_s": engine_cpu[0], "pending": engine.assoc.pending})
     store.close()
 
@@ -441,7 +449,8 @@ def report(r: dict, associate: bool) -> None:
           f"unacked left {r['unacked_left']}); server duplicates absorbed {st.get('duplicates', 0)}, "
           f"rejected {st.get('rejected', 0)}")
     print(f"  audit chain: {'OK' if r['verify_ok'] else 'BROKEN'} ({r['verify_reason']}; {r['verify_s']:.1f} s)")
-    print(f"  server: peak RSS {s['maxrss_mb']:.0f} MB, CPU {s['cpu_s']:.1f} s; heartbeats {st.get('heartbeats', 0)}; "
+    print(f"  server: peak RSS {s['maxrss_mb']:.0f} MB, CPU {s['cpu_s']:.1f} s (user {s['user_s']:.1f}, system {s['sys_s']:.1f}; "
+          f"the ingest loop thread {s['loop_cpu_s']:.1f} s); heartbeats {st.get('heartbeats', 0)}; "
           f"node simulator peak RSS {r['client_maxrss_mb']:.0f} MB")
     if associate:
         n_ev = st.get("engine_events", 0)

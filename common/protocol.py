@@ -113,6 +113,9 @@ class Ack:
 Message = Event | Heartbeat | Ack
 _TYPES = {"event": Event, "heartbeat": Heartbeat, "ack": Ack}
 _NAMES = {v: k for k, v in _TYPES.items()}
+#: Each message type's field names, in declaration order (looked up per message).
+_FIELDS = {k: tuple(f.name for f in fields(v)) for k, v in _TYPES.items()}
+_FIELD_SET = {k: frozenset(v) for k, v in _FIELDS.items()}
 
 
 # ---------------------------------------------------------------- encoding
@@ -183,7 +186,7 @@ def decode(frames: list[bytes] | tuple[bytes, ...]) -> Message:
         raise ProtocolError(f"{kind} body is {type(body).__name__}, not a map")
     _validate(kind, body)
     cls = _TYPES[kind]
-    kw = {f.name: body[f.name] for f in fields(cls) if f.name in body}
+    kw = {name: body[name] for name in _FIELDS[kind] if name in body}
     if cls is Event:
         kw["snippet"] = np.frombuffer(body["snippet"], dtype="<i2").astype(np.int16)
         kw["features"] = dict(body.get("features", {}))
@@ -228,11 +231,48 @@ def _seq(kind: str, b: dict) -> None:
     _check(_is_int(b.get("seq")) and 0 <= b["seq"] <= MAX_SEQ, kind, "seq", "must be an integer ≥ 0")
 
 
+_NUM = (int, float)
+
+
+def _event_ok(b: dict) -> bool:
+    """True only if the full checks of an event body in :func:`_validate` would all
+    pass (exact types, every range; NaN and ±inf fail the range tests). The
+    common case, checked in one expression; anything else — also anything
+    valid but unusual — goes through the detailed checks for the error text."""
+    try:
+        nid, snip, sr = b["node_id"], b["snippet"], b["sample_rate_hz"]
+        t, t0 = b["t_utc_ns"], b["snippet_t0_ns"]
+        fs, deg, feats = b.get("snippet_full_scale", 1.0), b.get("degraded", False), b.get("features", {})
+        ok = (type(nid) is str and NODE_ID_RE.match(nid) is not None
+              and type(b["seq"]) is int and 0 <= b["seq"] <= MAX_SEQ
+              and type(b["lat"]) in _NUM and -90 <= b["lat"] <= 90
+              and type(b["lon"]) in _NUM and -180 <= b["lon"] <= 180
+              and type(b["alt"]) in _NUM and -1000 <= b["alt"] <= 10000
+              and type(t) is int and MIN_UTC_NS <= t <= MAX_UTC_NS
+              and type(t0) is int and MIN_UTC_NS <= t0 <= MAX_UTC_NS
+              and type(b["sigma_ns"]) in _NUM and 0 <= b["sigma_ns"] <= 1e9
+              and type(sr) in _NUM and 1000 <= sr <= 400_000
+              and type(b["peak_dbfs"]) in _NUM and -400 <= b["peak_dbfs"] <= 100
+              and type(b["snr_db"]) in _NUM and -100 <= b["snr_db"] <= 400
+              and type(fs) in _NUM and 0 < fs <= 1e6
+              and type(deg) is bool
+              and type(snip) is bytes and len(snip) % 2 == 0 and 2 <= len(snip) <= 2 * MAX_SNIPPET_SAMPLES
+              and t0 - 1e6 <= t <= t0 + (len(snip) // 2) / sr * 1e9 + 1e6
+              and type(feats) is dict and len(feats) <= MAX_FEATURES)
+        if ok and feats:
+            ok = all(type(k) is str and len(k) <= 32 and type(v) in _NUM and math.isfinite(v)
+                     for k, v in feats.items())
+        return bool(ok)
+    except KeyError:
+        return False
+
+
 def _validate(kind: str, b: dict) -> None:
-    allowed = {f.name for f in fields(_TYPES[kind])}
-    extra = set(b) - allowed
+    extra = b.keys() - _FIELD_SET[kind]
     if extra:
         raise ProtocolError(f"{kind}: unknown field(s) {sorted(map(str, extra))}")
+    if kind == "event" and _event_ok(b):
+        return
     _common(kind, b)
     if kind == "ack":
         seqs = b.get("seqs")

@@ -58,6 +58,8 @@ AUDITED_TABLES: Mapping[str, str] = {
 }
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_EXACT_INT_FLOAT = 2.0**53
+#: A str as a JSON string literal with ASCII escapes (the json module's own C encoder).
+_json_str = json.encoder.encode_basestring_ascii
 
 #: The audit table, its index and the append-only triggers, one statement each
 #: (``executescript`` would commit the caller's open transaction).
@@ -102,26 +104,38 @@ class VerifyResult:
 
 
 # ------------------------------------------------------------ canonical form
-def _typed(v: Any, where: str) -> Any:
-    if v is None:
-        return None
-    if hasattr(v, "item") and type(v).__module__ == "numpy":   # numpy scalar
-        v = v.item()
-    if isinstance(v, bool):
-        return ["i", int(v)]
-    if isinstance(v, int):
-        return ["i", v]
-    if isinstance(v, float):
+def _typed(v: Any, column: str) -> str:
+    """One value's canonical JSON text (see :func:`canonical_row`)."""
+    t = type(v)
+    if t is str:
+        return '["s",' + _json_str(v) + "]"
+    if t is int:
+        return f'["i",{v}]'
+    if t is bytes:
+        return '["b","' + v.hex() + '"]'
+    if t is float:
         # SQLite column affinity turns 2 into 2.0 (REAL) and 2.0 into 2 (INTEGER):
         # an exactly integral float is encoded as that integer so both hash alike.
+        if v.is_integer() and abs(v) <= _MAX_EXACT_INT_FLOAT:     # (False for inf and nan)
+            return f'["i",{int(v)}]'
+        return '["f",' + _json_str(repr(v)) + "]"
+    if v is None:
+        return "null"
+    if hasattr(v, "item") and type(v).__module__ == "numpy":   # numpy scalar
+        return _typed(v.item(), column)
+    if isinstance(v, bool):
+        return f'["i",{int(v)}]'
+    if isinstance(v, int):
+        return f'["i",{int(v)}]'
+    if isinstance(v, float):
         if math.isfinite(v) and v.is_integer() and abs(v) <= _MAX_EXACT_INT_FLOAT:
-            return ["i", int(v)]
-        return ["f", repr(v)]
+            return f'["i",{int(v)}]'
+        return '["f",' + _json_str(repr(float(v))) + "]"
     if isinstance(v, str):
-        return ["s", v]
+        return '["s",' + _json_str(str(v)) + "]"
     if isinstance(v, (bytes, bytearray, memoryview)):
-        return ["b", bytes(v).hex()]
-    raise AuditError(f"{where}: cannot hash a value of type {type(v).__name__} "
+        return '["b","' + bytes(v).hex() + '"]'
+    raise AuditError(f"column {column}: cannot hash a value of type {type(v).__name__} "
                      "(allowed: None, int, float, str, bytes)")
 
 
@@ -129,16 +143,39 @@ def canonical_row(row: Mapping[str, Any]) -> bytes:
     """The bytes hashed for a row: UTF-8 JSON object, keys sorted, no spaces, ASCII
     escapes; each value a typed pair — ``["i", int]`` (also bools and integral
     floats), ``["f", repr(float)]``, ``["s", text]``, ``["b", hex]`` — or null.
-    Typing keeps the text "ab" and the bytes b"\\xab" apart."""
+    Typing keeps the text "ab" and the bytes b"\\xab" apart. (Exactly what
+    ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=True)``
+    gives for those pairs — tests/test_audit.py checks — written out directly
+    because it is hashed for every stored event.)"""
     if not isinstance(row, Mapping):
         raise AuditError(f"row must be a mapping of column name to value, got {type(row).__name__}")
-    out = {}
-    for k, v in row.items():
+    for k in row:
         if not isinstance(k, str):
             raise AuditError(f"row column names must be strings, got {k!r}")
-        out[k] = _typed(v, f"column {k}")
-    return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    parts = [_json_str(k) + ":" + _typed(row[k], k) for k in sorted(row)]
+    return ("{" + ",".join(parts) + "}").encode("ascii")
+
+
+def row_hasher(columns: Sequence[str]) -> Callable[[Sequence[Any]], str]:
+    """A function giving, for a tuple of values in the order of ``columns``, the
+    same hash as :func:`row_hash` of the mapping ``dict(zip(columns, values))`` —
+    without building and sorting that mapping (the store hashes every event)."""
+    cols = tuple(columns)
+    if len(set(cols)) != len(cols) or not all(isinstance(c, str) for c in cols):
+        raise AuditError(f"columns must be distinct strings, got {cols!r}")
+    order = sorted(range(len(cols)), key=cols.__getitem__)
+    plan = [(("{" if j == 0 else ",") + _json_str(cols[i]) + ":", i, cols[i]) for j, i in enumerate(order)]
+    sha = hashlib.sha256
+
+    def h(values: Sequence[Any]) -> str:
+        if len(values) != len(cols):
+            raise AuditError(f"expected {len(cols)} values ({', '.join(cols)}), got {len(values)}")
+        if not plan:
+            return sha(b"{}").hexdigest()
+        text = "".join([p + _typed(values[i], c) for p, i, c in plan]) + "}"
+        return sha(text.encode("ascii")).hexdigest()
+
+    return h
 
 
 def row_hash(row: Mapping[str, Any]) -> str:
@@ -148,8 +185,10 @@ def row_hash(row: Mapping[str, Any]) -> str:
 
 def _chain_hash(audit_id: int, prev_hash: str, record_hash: str, kind: str, ref_table: str,
                 ref_id: int, t_utc_ns: int, detail: str) -> str:
-    data = json.dumps([audit_id, prev_hash, record_hash, kind, ref_table, ref_id, t_utc_ns, detail],
-                      separators=(",", ":"), ensure_ascii=True)
+    # = json.dumps([audit_id, prev_hash, ...], separators=(",", ":"), ensure_ascii=True)
+    # (tests/test_audit.py checks), written out: it runs for every stored event
+    data = (f"[{int(audit_id)},{_json_str(prev_hash)},{_json_str(record_hash)},{_json_str(kind)},"
+            f"{_json_str(ref_table)},{int(ref_id)},{int(t_utc_ns)},{_json_str(detail)}]")
     return hashlib.sha256(data.encode("ascii")).hexdigest()
 
 
@@ -223,6 +262,7 @@ class AuditLog:
     def __init__(self, conn: sqlite3.Connection, tables: Mapping[str, str] = AUDITED_TABLES) -> None:
         self.conn = conn
         self._tables = tables
+        self._hashers: dict[tuple[str, ...], Callable[[Sequence[Any]], str]] = {}
         for stmt in SCHEMA:
             conn.execute(stmt)
 
@@ -253,6 +293,40 @@ class AuditLog:
             " t_utc_ns, detail) VALUES (?,?,?,?,?,?,?,?,?)",
             (new_id, kind, ref_table, ref_id, record, head_hash, chain, t, detail_text))
         return chain
+
+    def append_many(self, kind: str, ref_table: str, records: Sequence[tuple[int, Any, int]], *,
+                    columns: Sequence[str] | None = None) -> str | None:
+        """:meth:`append` for many rows of one table at once (the same records, in
+        order, as that many ``append`` calls; the chain head is read once and the
+        records inserted together). ``records``: ``(ref_id, row, t_utc_ns)`` each,
+        ``row`` a mapping — or, with ``columns``, a tuple of values in that order.
+        Returns the last chain hash (None if ``records`` is empty). Does not commit."""
+        if kind not in KINDS:
+            raise AuditError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        if not isinstance(ref_table, str) or not _NAME_RE.match(ref_table):
+            raise AuditError(f"bad ref_table {ref_table!r}: a table name")
+        if not records:
+            return None
+        hasher = row_hash
+        if columns is not None:
+            cols = tuple(columns)
+            hasher = self._hashers.get(cols)
+            if hasher is None:
+                hasher = self._hashers[cols] = row_hasher(cols)
+        head_id, head_hash = self.head()
+        out = []
+        for ref_id, row, t in records:
+            if not isinstance(ref_id, int) or isinstance(ref_id, bool):
+                raise AuditError(f"ref_id must be an integer row key, got {ref_id!r}")
+            record = hasher(row)
+            head_id += 1
+            chain = _chain_hash(head_id, head_hash, record, kind, ref_table, ref_id, int(t), "")
+            out.append((head_id, kind, ref_table, ref_id, record, head_hash, chain, int(t), ""))
+            head_hash = chain
+        self.conn.executemany(
+            "INSERT INTO audit (id, kind, ref_table, ref_id, record_hash, prev_hash, chain_hash,"
+            " t_utc_ns, detail) VALUES (?,?,?,?,?,?,?,?,?)", out)
+        return head_hash
 
     def seal(self, kind: str, ref_table: str, ref_id: int, *,
              detail: Mapping[str, Any] | None = None, t_utc_ns: int | None = None) -> str:

@@ -92,6 +92,7 @@ class Engine:
         self.incidents = IncidentTracker(cfg.incidents)
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
+        self._pos_cache: dict[str, tuple[tuple[float, float, float], np.ndarray]] = {}
         self._seen: set[tuple[str, int]] = set()
         self._started_ns = clock_ns()
         self.registry = NodeRegistry(cfg.association.stale_node_s)
@@ -136,7 +137,7 @@ class Engine:
         done: list[tuple[str, int]] = []
         if self.store is not None:
             with self.store.transaction():
-                done = [(r.status, r.event_id) for r in (self.store.add_event(ev, received_ns) for ev in events)]
+                done = [(r.status, r.event_id) for r in self.store.add_events(events, received_ns)]
         else:
             for ev in events:
                 if (ev.node_id, ev.seq) in self._seen:
@@ -180,9 +181,9 @@ class Engine:
             mark.stream_ns = max(mark.stream_ns, hb.stream_utc_ns)
             mark.last_wall_ns = received_ns
         if not (hb.lat == 0.0 and hb.lon == 0.0):       # 0, 0: position not known yet
-            pos = self._enu(hb.lat, hb.lon, hb.alt)
-            self._note_node_z(hb.node_id, pos)
-            self.assoc.add_node(hb.node_id, pos)
+            pos, changed = self._node_pos(hb.node_id, hb.lat, hb.lon, hb.alt)
+            if changed:
+                self.assoc.add_node(hb.node_id, pos)
         if self.store is not None:
             with self.store.transaction():
                 self.store.update_node(hb, received_ns)
@@ -192,9 +193,19 @@ class Engine:
             self.frame = LocalFrame(lat, lon, 0.0)
         return self.frame.to_enu(lat, lon, alt)
 
+    def _node_pos(self, node: str, lat: float, lon: float, alt: float) -> tuple[np.ndarray, bool]:
+        """The node's position (m ENU) as reported now, and whether it differs from
+        what it reported last (most messages repeat it: converted once)."""
+        last = self._pos_cache.get(node)
+        if last is not None and last[0] == (lat, lon, alt):
+            return last[1], False
+        pos = self._enu(lat, lon, alt)
+        self._pos_cache[node] = ((lat, lon, alt), pos)
+        self._note_node_z(node, pos)
+        return pos, True
+
     def _queue(self, ev: Event, key: int) -> None:
-        pos = self._enu(ev.lat, ev.lon, ev.alt)
-        self._note_node_z(ev.node_id, pos)
+        pos, _ = self._node_pos(ev.node_id, ev.lat, ev.lon, ev.alt)
         sigma_s = ev.sigma_ns * 1e-9
         self.assoc.add(Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=sigma_s, pos=pos,
                                peak_dbfs=ev.peak_dbfs, degraded=ev.degraded,

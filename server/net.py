@@ -41,7 +41,7 @@ log = logging.getLogger("earwitness.server")
 LOG_EVERY_S = 10.0
 #: Most messages handled per batch (one commit, then acks, then an association
 #: step): bounds the ack latency a batch adds (~0.3 ms of work per event).
-BATCH = 500
+BATCH = 2000
 #: Messages queued per node connection before ZeroMQ stops reading from it
 #: (back-pressure: the node's events wait in its outbox).
 RCVHWM = 100

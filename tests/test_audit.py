@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server import audit as A
 
@@ -275,6 +277,79 @@ def test_canonical_row():
     assert A.canonical_row({"v": float("nan")}) == b'{"v":["f","nan"]}'
     assert A.canonical_row({"id": 1, "t": 0.5, "s": "é", "b": b"\x01"}) == (
         b'{"b":["b","01"],"id":["i",1],"s":["s","\\u00e9"],"t":["f","0.5"]}')
+
+
+def _reference_canonical(row):
+    """The canonical form as first specified: typed pairs through json.dumps."""
+    import json
+    import math
+
+    def typed(v):
+        if v is None:
+            return None
+        if isinstance(v, bool) or isinstance(v, int):
+            return ["i", int(v)]
+        if isinstance(v, float):
+            if math.isfinite(v) and v.is_integer() and abs(v) <= 2.0**53:
+                return ["i", int(v)]
+            return ["f", repr(v)]
+        if isinstance(v, str):
+            return ["s", v]
+        return ["b", bytes(v).hex()]
+    return json.dumps({k: typed(v) for k, v in row.items()}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.floats(), st.text(),
+                    st.binary(), st.floats(-1e20, 1e20).map(lambda f: float(int(f))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _values, max_size=8))
+def test_canonical_row_is_the_specified_json(row):
+    assert A.canonical_row(row) == _reference_canonical(row)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _values, max_size=8))
+def test_row_hasher_equals_row_hash(row):
+    cols = tuple(row)
+    assert A.row_hasher(cols)(tuple(row.values())) == A.row_hash(row)
+
+
+def test_row_hasher_errors():
+    with pytest.raises(A.AuditError):
+        A.row_hasher(("a", "a"))
+    with pytest.raises(A.AuditError):
+        A.row_hasher(("a", "b"))((1,))
+    with pytest.raises(A.AuditError, match="column b"):
+        A.row_hasher(("a", "b"))((1, object()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**62), st.text(), st.text(), st.sampled_from(A.KINDS), st.text(max_size=10),
+       st.integers(-2**62, 2**62), st.integers(0, 2**63), st.text())
+def test_chain_hash_is_the_specified_json(aid, prev, rec, kind, table, ref, t, detail):
+    import hashlib
+    import json
+    data = json.dumps([aid, prev, rec, kind, table, ref, t, detail], separators=(",", ":"), ensure_ascii=True)
+    assert A._chain_hash(aid, prev, rec, kind, table, ref, t, detail) == hashlib.sha256(data.encode()).hexdigest()
+
+
+def test_append_many_equals_appends():
+    rows = [(i, {"id": i, "v": i * 0.5, "b": bytes([i])}, 1000 + i) for i in range(1, 6)]
+    c1, c2 = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    l1, l2 = A.AuditLog(c1), A.AuditLog(c2)
+    for ref, row, t in rows:
+        l1.append("insert", "events", ref, row, t_utc_ns=t)
+    assert l2.append_many("insert", "events", rows[:2]) is not None
+    assert l2.append_many("insert", "events", [(r, tuple(row.values()), t) for r, row, t in rows[2:]],
+                          columns=("id", "v", "b")) == l1.head()[1]
+    q = "SELECT * FROM audit ORDER BY id"
+    assert c1.execute(q).fetchall() == c2.execute(q).fetchall()
+    assert l2.append_many("insert", "events", []) is None
+    with pytest.raises(A.AuditError):
+        l2.append_many("bogus", "events", rows)
 
 
 def test_append_with_python_values_matches_stored_affinity():

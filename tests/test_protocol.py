@@ -118,3 +118,42 @@ def test_mutated_bodies_never_raise_anything_but_protocol_error(body, kind):
         decode([frames[0], msgpack.packb(base, use_bin_type=True)])
     except ProtocolError:
         pass
+
+
+_WEIRD = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(), st.text(max_size=70),
+                   st.binary(max_size=4000), st.just(bytearray(b"\x00\x01")), st.floats(-1e10, 1e10),
+                   st.integers(T - 10**10, T + 10**10),
+                   st.dictionaries(st.one_of(st.text(max_size=40), st.integers()),
+                                   st.one_of(st.floats(), st.integers(), st.booleans()), max_size=40))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(st.sampled_from(["node_id", "seq", "t_utc_ns", "sigma_ns", "sample_rate_hz", "peak_dbfs",
+                                        "snr_db", "snippet_t0_ns", "snippet", "snippet_full_scale", "degraded",
+                                        "features", "lat", "lon", "alt"]), _WEIRD, max_size=4),
+       st.lists(st.sampled_from(["snippet_full_scale", "degraded", "features", "lat"]), max_size=2))
+def test_event_fast_path_accepts_only_what_the_full_checks_accept(changes, removed):
+    """decode() checks the common event shape in one expression; it must never
+    let through anything the detailed field-by-field checks refuse."""
+    import common.protocol as P
+    body = msgpack.unpackb(encode(event())[1], raw=False)
+    body.update(changes)
+    for k in removed:
+        body.pop(k, None)
+    if not P._event_ok(body):
+        return
+    fast = P._event_ok
+    try:
+        P._event_ok = lambda b: False
+        P._validate("event", body)      # raises ProtocolError if the fast path was wrong
+    finally:
+        P._event_ok = fast
+
+
+def test_event_fast_path_takes_valid_events():
+    import common.protocol as P
+    body = msgpack.unpackb(encode(event())[1], raw=False)
+    assert P._event_ok(body)
+    assert not P._event_ok({**body, "lat": float("nan")})
+    assert not P._event_ok({**body, "seq": True})
+    assert not P._event_ok({**body, "t_utc_ns": body["snippet_t0_ns"] + 10**9})

@@ -99,6 +99,40 @@ def test_add_event_new_duplicate_conflict(tmp_path):
     assert st.verify().ok
 
 
+def test_add_events_batch_equals_one_by_one(tmp_path):
+    """The batch path gives the same statuses, rows and audit chain as adding the
+    events one at a time (duplicates and a conflict within and across batches)."""
+    evs = [make_event(f"n{i % 3}", np.full(3, float(i)), i // 3, T0 + i * 1_000_000) for i in range(12)]
+    evs[4] = dataclasses.replace(evs[4], features={"x": 1, "y": 2.5}, sigma_ns=20000, lat=40)
+    forged = dataclasses.replace(evs[2], t_utc_ns=evs[2].t_utc_ns + 7)
+    batches = [evs[:5] + [evs[1]], evs[3:9] + [forged], evs[8:] + [evs[0], evs[11]]]
+    one, many = Store(tmp_path / "one.sqlite"), Store(tmp_path / "many.sqlite")
+    for k, b in enumerate(batches):
+        with one.transaction():
+            expect = [one.add_event(ev, 100 + k) for ev in b]
+        assert many.add_events(b, 100 + k) == expect
+    assert [r.status for r in many.add_events(batches[1], 9)][-2:] == ["duplicate", "conflict"]
+    q_ev = "SELECT * FROM events ORDER BY id"
+    q_au = "SELECT id, kind, ref_table, ref_id, record_hash, prev_hash, chain_hash, t_utc_ns FROM audit ORDER BY id"
+    assert many.conn.execute(q_ev).fetchall() == one.conn.execute(q_ev).fetchall()
+    assert many.conn.execute(q_au).fetchall() == one.conn.execute(q_au).fetchall()
+    assert many.count_events() == 12 and many.verify().ok
+    assert many.add_events([], 0) == []
+
+
+def test_add_events_failure_keeps_nothing(tmp_path):
+    st = Store(tmp_path / "s.sqlite")
+    st.add_events([make_event("a", np.zeros(3), 0, T0)], 0)
+    st.set_max_bytes((st.conn.execute("PRAGMA page_count").fetchone()[0] + 2) * st.conn.execute("PRAGMA page_size").fetchone()[0])
+    big = [make_event("b", np.zeros(3), i, T0 + i) for i in range(200)]
+    with pytest.raises(StoreError, match="full"):
+        st.add_events(big, 1)
+    assert st.count_events() == 1 and st.verify().ok
+    st.set_max_bytes(1 << 30)
+    assert {r.status for r in st.add_events(big, 2)} == {"new"}
+    assert st.count_events() == 201 and st.verify().ok
+
+
 def test_features_and_int_values_round_trip_as_duplicates(tmp_path):
     st = Store(tmp_path / "s.sqlite")
     ev = dataclasses.replace(make_event("a", np.zeros(3), 1, T0), features={"x": 1, "y": 2.5},
