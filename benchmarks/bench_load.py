@@ -122,6 +122,7 @@ def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, sto
         engine.advance = timed_advance
     while not stop.wait(0.1):
         pass
+    threads = _thread_cpu()         # while every thread is still alive
     ev.set()
     th.join(10)
     server.close()
@@ -129,9 +130,30 @@ def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, sto
         security.close()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out.put({"stats": server.stats(), "maxrss_mb": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
-             "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "loop_cpu_s": loop_cpu[0],
+             "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "loop_cpu_s": loop_cpu[0], "threads": threads,
              "engine_cpu_s": engine_cpu[0], "pending": engine.assoc.pending})
     store.close()
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's threads by name (Linux /proc;
+    {} elsewhere): shows where the ingest path's time goes besides the loop."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/self/task/{t}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 # ---------------------------------------------------------------- the nodes
@@ -450,7 +472,8 @@ def report(r: dict, associate: bool) -> None:
           f"rejected {st.get('rejected', 0)}")
     print(f"  audit chain: {'OK' if r['verify_ok'] else 'BROKEN'} ({r['verify_reason']}; {r['verify_s']:.1f} s)")
     print(f"  server: peak RSS {s['maxrss_mb']:.0f} MB, CPU {s['cpu_s']:.1f} s (user {s['user_s']:.1f}, system {s['sys_s']:.1f}; "
-          f"the ingest loop thread {s['loop_cpu_s']:.1f} s); heartbeats {st.get('heartbeats', 0)}; "
+          f"the ingest loop thread {s['loop_cpu_s']:.1f} s; by thread: "
+          f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(s['threads'].items(), key=lambda kv: -kv[1]) if v >= 0.1)}); heartbeats {st.get('heartbeats', 0)}; "
           f"node simulator peak RSS {r['client_maxrss_mb']:.0f} MB")
     if associate:
         n_ev = st.get("engine_events", 0)
