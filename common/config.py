@@ -84,6 +84,11 @@ class DetectorConfig:
     snippet_post_s: float = 0.025
     #: Absolute floor: STA below this (dBFS, band-passed) never triggers.
     min_level_dbfs: float = -70.0
+    #: First-arrival look-back (s, 0: off): a trigger is often set off by a
+    #: louder later path (reflection, diffraction round a corner) or raised LTA
+    #: after a loud sound; the pick moves to the earliest clear rise above the
+    #: local noise within this long before the trigger (see node/detector.py).
+    lookback_s: float = 0.025
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ Signal flow per sample ``x`` (full scale ±1):
   ``pick_window_s`` before the trigger to ``2 * sta_s`` after it, then sharpened
   to the leading edge's first crossing of max(4 σ_noise, 25 % of the peak),
   interpolated between samples (:func:`refine_onset`).
+* First arrival (:func:`first_rise`): what sets a trigger off is not always the
+  first sound of the event. Round a corner the direct (diffracted) path is weaker
+  than a reflection a few ms later; after a loud sound the raised LTA lets only
+  the loudest part of the next one through. So the ``lookback_s`` before the
+  trigger is searched for the earliest clear, sustained rise above the local
+  noise (robust σ from the samples before that window) that reaches a fifth of
+  the triggering peak; when there is one, the pick starts there. All thresholds
+  are in seconds and noise σ, so the behaviour does not depend on the rate.
 
 The band-pass delays energy by its group delay, which is why the pick uses ``hp``:
 a causal 2nd-order high-pass moves a sharp leading edge by well under a sample.
@@ -114,6 +122,28 @@ def refine_onset(x: np.ndarray, rough: float, fs_hz: float, noise_rms: float,
     return float(a + i - 1 + np.clip(frac, 0.0, 1.0))
 
 
+def first_rise(hp: np.ndarray, lo: int, hi: int, noise: np.ndarray, peak: float,
+               k_sigma: float = 6.0, fraction: float = 0.2, sustain: int = 4) -> int | None:
+    """Earliest index in ``hp[lo:hi]`` (high-passed) where an arrival clearly starts:
+    |hp| reaches max(``k_sigma`` × the robust σ of ``noise`` (1.4826 × median |x|),
+    ``fraction`` × ``peak``) and the mean energy of the next ``sustain`` samples is
+    at least a quarter of that threshold squared (a lone click is not an arrival).
+    None when nothing in the window qualifies."""
+    if hi - lo < 2 or noise.size < 8:
+        return None
+    sigma = 1.4826 * float(np.median(np.abs(noise)))
+    thr = max(k_sigma * sigma, fraction * float(peak))
+    if not thr > 0:
+        return None
+    above = np.flatnonzero(np.abs(hp[lo:hi]) >= thr)
+    for i in above:
+        k = lo + int(i)
+        seg = hp[k:k + sustain]
+        if seg.size and float(np.mean(seg * seg)) >= 0.25 * thr * thr:
+            return k
+    return None
+
+
 def onset_features(hp: np.ndarray, onset_idx: int, fs_hz: float, noise_energy: float) -> dict[str, float]:
     """Waveform features of an impulse starting at ``hp[onset_idx]`` (high-passed,
     full scale 1): SNR, rise time, duration above −20 dB of peak, spectral centroid."""
@@ -189,13 +219,17 @@ class Detector:
         self.snip_pre = int(round(cfg.snippet_pre_s * self.fs))
         self.snip_post = int(round(cfg.snippet_post_s * self.fs))
         self.refractory = int(round(cfg.refractory_s * self.fs))
+        self.lookback = max(0, int(round(cfg.lookback_s * self.fs)))
+        #: noise for the look-back is measured over this many samples before it
+        self.lookback_noise = int(round(0.03 * self.fs)) if self.lookback else 0
         self.warmup = int(round(cfg.lta_s * self.fs))
         self.min_sta = 10.0 ** (cfg.min_level_dbfs / 10.0)
         # how far back a pending trigger may reach, and how far ahead it must wait
         #: the high-pass runs from rest over this lead-in before each pick window,
         #: so a pick depends only on the raw samples around it (chunking-proof)
         self.hp_lead = int(round(0.02 * self.fs))
-        self.need_before = self.pick_pre + max(self.snip_pre, self.hp_lead) + 2
+        self.reach_before = max(self.pick_pre, self.lookback + self.lookback_noise)
+        self.need_before = self.reach_before + max(self.snip_pre, self.hp_lead) + 2
         self.need_after = max(self.pick_post, self.snip_post + self.pick_post) + 2
         self.history = self.need_before + self.need_after + 1
         self._raw = np.zeros(0, dtype=np.float32)
@@ -299,7 +333,7 @@ class Detector:
 
     def _pick(self, trig: int, lta_at: float) -> Onset | None:
         h0 = self._hist_start
-        a = max(trig - self.pick_pre - self.hp_lead, h0)
+        a = max(trig - self.reach_before - self.hp_lead, h0)
         b = min(trig + max(self.pick_post, self.snip_post + self.pick_post), self._next)
         hp = signal.sosfilt(self._hp_sos, self._raw[a - h0:b - h0].astype(np.float64))
         w0 = max(trig - self.pick_pre, a) - a
@@ -312,6 +346,16 @@ class Detector:
         noise = hp[max(w0, r0 - self.pick_pre):max(w0, r0 - int(0.001 * self.fs))]
         noise_e = float(np.mean(noise * noise)) if noise.size > 4 else max(lta_at, 1e-30)
         onset = a + refine_onset(hp, rough, self.fs, float(np.sqrt(noise_e)))
+        if self.lookback:
+            t_rel = trig - a
+            lo = max(t_rel - self.lookback, 0)
+            n0 = max(lo - self.lookback_noise, min(self.hp_lead, lo))
+            peak_trig = float(np.max(np.abs(hp[t_rel:w1]))) if w1 > t_rel else 0.0
+            k = first_rise(hp, lo, min(int(onset - a), w1), hp[n0:lo], peak_trig)
+            if k is not None and k < onset - a - max(2.0, 0.0005 * self.fs):
+                noise = hp[n0:lo]
+                noise_e = float(np.mean(noise * noise)) if noise.size > 4 else noise_e
+                onset = a + refine_onset(hp, float(k), self.fs, 1.4826 * float(np.median(np.abs(noise))))
         i0 = int(np.floor(onset + 0.5))
         rel = i0 - a
         feats = onset_features(hp[rel:rel + self.snip_post], 0, self.fs, noise_e)

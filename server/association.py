@@ -8,7 +8,10 @@ the same shot could reach it (``t + max travel time across the network``).
 
 Search, for one pending arrival ``a0`` (the seed) at node ``r0``:
 
-1. *Coarse grid.* Every cell p of a 2-D grid over the network implies an
+1. *Coarse grid.* Every cell p of a 2-D grid over the network (only the cells
+   within ``hearing_range_m`` of the seed: the cost of a search does not grow
+   with the network's extent, nor do the nodes it considers — those within two
+   hearing ranges) implies an
    emission time T(p) = t0 − |p − r0|/c and a predicted arrival time at every
    other node. Each node with a pending arrival near its prediction adds to the
    cell's score (1 for an exact fit, less further off, 0 beyond the cell's
@@ -43,7 +46,15 @@ their echoes) can line up into a copy of it close by (``DUPLICATE_T0_S``,
 than ``ECHO_WINDOW_S`` — such a candidate needs ``ECHO_MIN_FRACTION`` of that
 shot's arrivals, and as many as it if it lies elsewhere (the next round of a burst
 comes from the same place); and a line-up whose arrivals mostly follow louder
-sounds at the same nodes is echoes (``ECHO_LEVEL_DB``).
+sounds at the same nodes is echoes (``ECHO_LEVEL_DB``). A candidate with a single
+arrival beyond its unknowns must be made of first sounds (see below;
+:meth:`Associator._thin_and_late`); its chance alignment is made smaller by a
+burst's repeat of its timing (:meth:`Associator._repeat_factor`).
+
+A seed that is the first sound at its node is also searched among the other
+nodes' first sounds only: in a fast burst with timing errors of a few ms,
+mixtures of rounds fit about as well as the first round and crowd it out of the
+grid's best cells.
 
 Among the candidates of the ready seeds the best is formed first, so that an
 echo or a stray sound cannot take arrivals from a real shot: the most arrivals
@@ -55,7 +66,11 @@ the same shot). When a shot is formed, the arrivals it left at its nodes within
 the fine tolerance are duplicates of its own and are put aside, and the pending
 arrivals that repeat its timing at enough of its nodes (another round of a
 burst, up to ``REPEAT_WINDOW_S`` away) are searched again from its position — a
-burst at 15 rounds/s is ambiguous for the grid search but not for this.
+burst at 15 rounds/s is ambiguous for the grid search but not for this; from a
+known position only the emission time is unknown, which is what their chance
+alignment is computed for (:meth:`Associator._repeat_chance`). A formed shot
+explains the weaker sounds trailing it at its nodes (its echoes), not the next
+rounds, which are as loud.
 
 The network's timing scale (how much worse than the nodes' own σ the shots fit)
 is learnt from formed shots with spare arrivals and widens the fine tolerance;
@@ -65,6 +80,7 @@ known in the association's solves.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 
@@ -99,6 +115,9 @@ SCALE_POOL = 15
 MAX_NET_SCALE = 10.0
 #: A formed shot's other rounds are looked for up to this long (s) from it.
 REPEAT_WINDOW_S = 1.0
+#: Rounds of a burst are at least this far apart (s; 15 rounds/s is 67 ms): a
+#: pattern repeated sooner is the shot's own echoes, not evidence of a burst.
+MIN_ROUND_GAP_S = 0.06
 #: Once SCALE_MIN_SHOTS shots have taught the network's scale, a candidate whose
 #: own residual scale exceeds MIX_FACTOR × it is not a shot.
 SCALE_MIN_SHOTS = 3
@@ -156,18 +175,27 @@ class Association:
         return self.ref_ns + int(round(self.solution.t0_s * 1e9))
 
 
-class Grid:
-    """Candidate source positions covering the nodes plus a margin (cells (N, 3), 2-D)."""
+#: Node-to-cell distances cached per grid window: at most this many floats in
+#: all (bounded memory whatever the network's size), over at most GRID_CACHE
+#: windows (a small network has one window, the whole area).
+GRID_CACHE_FLOATS = 2_000_000
+GRID_CACHE = 8
 
-    def __init__(self, node_pos: np.ndarray, step_m: float, margin_m: float, z: float) -> None:
-        lo = node_pos[:, :2].min(axis=0) - margin_m
-        hi = node_pos[:, :2].max(axis=0) + margin_m
-        xs = np.arange(lo[0], hi[0] + step_m, step_m)
-        ys = np.arange(lo[1], hi[1] + step_m, step_m)
+
+class Grid:
+    """Candidate source positions (cells (N, 3), 2-D): the lattice points of
+    spacing ``step_m`` from ``origin`` (x, y) with indices ``ix0..ix1`` ×
+    ``iy0..iy1`` (inclusive). Caches node-to-cell distances up to ``max_floats``."""
+
+    def __init__(self, origin: np.ndarray, step_m: float, ix: tuple[int, int], iy: tuple[int, int], z: float,
+                 max_floats: int = GRID_CACHE_FLOATS) -> None:
+        xs = origin[0] + step_m * np.arange(ix[0], ix[1] + 1)
+        ys = origin[1] + step_m * np.arange(iy[0], iy[1] + 1)
         gx, gy = np.meshgrid(xs, ys, indexing="xy")
         self.cells = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)])
         self.step_m = step_m
         self.z = z
+        self.max_floats = max_floats
         self._dist: dict[str, np.ndarray] = {}
 
     def distances(self, node: str, pos: np.ndarray) -> np.ndarray:
@@ -175,7 +203,8 @@ class Grid:
         if d is None:
             diff = self.cells - pos
             d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            self._dist[node] = d
+            if (len(self._dist) + 1) * len(d) <= self.max_floats:
+                self._dist[node] = d
         return d
 
 
@@ -203,7 +232,14 @@ class Associator:
         self.model_sigma_s = model_sigma_s
         self._pending: list[Arrival] = []
         self._nodes: dict[str, np.ndarray] = {}
-        self._grid: Grid | None = None
+        #: Search grids by window (see :meth:`_grid_for`), most recent last.
+        self._grids: dict[tuple[int, int, int, int], Grid] = {}
+        #: Bounding box (x, y min and max) of the nodes, and the widest node pair
+        #: (m, None: to be recomputed) — kept up to date as nodes come.
+        self._bbox: tuple[np.ndarray, np.ndarray] | None = None
+        self._widest_m: float | None = 0.0
+        #: Pending arrivals per node (time order), rebuilt when pending changes.
+        self._by_node: dict[str, list[Arrival]] | None = None
         self._recent: list[Association] = []
         #: Each searched seed's candidate (None: nothing found), by arrival key,
         #: kept between steps while the seed is pending; and the seeds' times.
@@ -228,6 +264,7 @@ class Associator:
     def add(self, arrival: Arrival) -> None:
         self.add_node(arrival.node, arrival.pos)
         self._pending.append(arrival)
+        self._by_node = None
         self._heard.setdefault(arrival.node, []).append((arrival.t_ns, arrival.peak_dbfs))
         if self._cache:
             # a seed's search is kept between steps; one that could see this arrival is redone
@@ -240,8 +277,21 @@ class Associator:
         """Make a node known (from its heartbeat) before it reports any arrival, so
         the search area and the waiting time cover it from the start."""
         if node not in self._nodes or not np.allclose(self._nodes[node], pos, atol=0.5):
-            self._nodes[node] = np.asarray(pos, dtype=float)
-            self._grid = None
+            pos = np.asarray(pos, dtype=float)
+            moved = node in self._nodes
+            if not moved and self._widest_m is not None and self._nodes:
+                # a new node: the widest pair grows at most by its distances (O(N))
+                others = np.array(list(self._nodes.values()))
+                self._widest_m = max(self._widest_m, float(np.max(np.linalg.norm(others[:, :2] - pos[:2], axis=1))))
+            elif moved:
+                self._widest_m = None
+            self._nodes[node] = pos
+            if self._bbox is None or moved:
+                p = np.array(list(self._nodes.values()))
+                self._bbox = (p[:, :2].min(axis=0), p[:, :2].max(axis=0))
+            else:
+                self._bbox = (np.minimum(self._bbox[0], pos[:2]), np.maximum(self._bbox[1], pos[:2]))
+            self._grids = {}
 
     @property
     def pending(self) -> int:
@@ -249,12 +299,17 @@ class Associator:
 
     def max_travel_ns(self) -> int:
         """Longest time one shot's arrivals can be spread over: the widest node
-        pair, and at least ``hearing_range_m`` (nodes not yet heard from may lie
-        further out)."""
-        span = self.cfg.hearing_range_m
-        if len(self._nodes) >= 2:
+        pair, but no more than two hearing ranges (two nodes that both hear a
+        shot are at most 2 × ``hearing_range_m`` apart), and at least
+        ``hearing_range_m`` (nodes not yet heard from may lie further out).
+        The widest pair is kept up to date as nodes come (O(N) per new node)."""
+        if self._widest_m is None:
             p = np.array(list(self._nodes.values()))
-            span = max(span, float(np.max(np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=2))))
+            self._widest_m = 0.0
+            for i in range(len(p) - 1):       # O(N²) only after a node moved
+                self._widest_m = max(self._widest_m, float(np.max(np.linalg.norm(p[i + 1:, :2] - p[i, :2], axis=1))))
+        r = self.cfg.hearing_range_m
+        span = max(r, min(self._widest_m, 2.0 * r))
         return int((span / self.c + 0.05) * 1e9)
 
     def height_prior(self) -> tuple[float, float] | None:
@@ -321,6 +376,9 @@ class Associator:
             # found from any of its arrivals not taken by a weaker candidate.
             covered = {a.key for v in cache.values() if v is not None and not self._is_echo(v)
                        for a in v.arrivals}
+            # what precedes what, as of now: a seed's own choice among its peaks
+            # (see _better) already prefers first sounds over a burst's later rounds
+            self._index_preceding()
             for seed in ready:
                 if seed.key not in cache and seed.key not in covered:
                     cand = self._try_seed(seed)
@@ -333,13 +391,14 @@ class Associator:
             # the ready arrivals left over put aside (echoes, local sounds, …).
             cands = [cache[a.key] for a in ready if cache.get(a.key) is not None]
             cands = [c for c in cands if not self._is_echo(c) and not self._echo_lineup(c)]
+            cands = [c for c in cands if not self._thin_and_late(c)]
             if not cands:
                 rejected.extend(ready)
                 keys = {a.key for a in ready}
                 self._pending = [a for a in self._pending if a.key not in keys]
+                self._by_node = None
                 self._cache = {k: v for k, v in cache.items() if k not in keys}
                 break
-            self._index_preceding()
             best = cands[0]
             for cand in cands[1:]:
                 if self._better(cand, best):
@@ -359,6 +418,7 @@ class Associator:
             rejected.extend(dups)
             used |= {a.key for a in dups}
             self._pending = [a for a in self._pending if a.key not in used]
+            self._by_node = None
             cache = self._cache = _without(cache, used)
             shots.append(best)
             self._recent.append(best)
@@ -375,32 +435,58 @@ class Associator:
         return shots, rejected
 
     # ---------------------------------------------------------- internals
-    def _grid_for(self) -> Grid:
-        if self._grid is None:
-            p = np.array(list(self._nodes.values()))
-            z = self.z_source if self.z_source is not None else float(np.median(p[:, 2]))
-            self._grid = Grid(p, self.cfg.grid_step_m, self.cfg.margin_m, z)
-        return self._grid
+    def _grid_for(self, seed_pos: np.ndarray) -> Grid:
+        """The search grid for a seed heard at ``seed_pos``: the cells of the
+        network's lattice (its nodes' bounding box plus ``margin_m``) within
+        ``hearing_range_m`` (+ one step) of the seed — the shot it heard was no
+        further — so a seed's search costs the same however far the network
+        extends. A small network's window is its whole area (one grid, cached)."""
+        assert self._bbox is not None
+        step = self.cfg.grid_step_m
+        origin = self._bbox[0] - self.cfg.margin_m
+        n_max = np.floor((self._bbox[1] + self.cfg.margin_m - origin) / step + 1e-9).astype(int)
+        r = self.cfg.hearing_range_m + step
+        lo = np.maximum(np.floor((seed_pos[:2] - r - origin) / step).astype(int), 0)
+        hi = np.minimum(np.ceil((seed_pos[:2] + r - origin) / step).astype(int), n_max + 1)
+        key = (int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]))
+        grid = self._grids.pop(key, None)
+        if grid is None:
+            z = self.z_source if self.z_source is not None else float(np.median([p[2] for p in self._nodes.values()]))
+            grid = Grid(origin, step, (key[0], key[1]), (key[2], key[3]), z)
+        self._grids[key] = grid                   # most recently used last
+        while len(self._grids) > GRID_CACHE:
+            self._grids.pop(next(iter(self._grids)))
+        return grid
+
+    def _pending_by_node(self) -> dict[str, list[Arrival]]:
+        if self._by_node is None:
+            by: dict[str, list[Arrival]] = {}
+            for a in sorted(self._pending, key=lambda a: a.t_ns):
+                by.setdefault(a.node, []).append(a)
+            self._by_node = by
+        return self._by_node
 
     def _candidates(self, seed: Arrival) -> dict[str, list[Arrival]]:
         """Per other node, the pending arrivals that could come from the same
         source as ``seed``: within the travel time between the two nodes (at the
         slowest candidate speed of sound) plus the extension tolerance."""
-        span = self.max_travel_ns()
         slack = self._extend_tolerance() + 0.01
+        far = 2.0 * self.cfg.hearing_range_m
         by_node: dict[str, list[Arrival]] = {}
-        lo = seed.t_ns - span
-        for a in self._pending:
-            if a.t_ns < lo:
+        for node, arr in self._pending_by_node().items():
+            if node == seed.node:
                 continue
-            if a.t_ns > seed.t_ns + span:
-                break
-            if a.node == seed.node or a.sigma_s > MAX_SIGMA_S:
+            dist = float(np.linalg.norm(arr[0].pos[:2] - seed.pos[:2]))
+            if dist > far:                      # both cannot have heard one shot
                 continue
-            reach = float(np.linalg.norm(a.pos[:2] - seed.pos[:2])) / self.c + slack
-            if abs(a.t_ns - seed.t_ns) * 1e-9 <= reach:
-                by_node.setdefault(a.node, []).append(a)
-        return by_node
+            reach_ns = int((dist / self.c + slack) * 1e9)
+            i = bisect.bisect_left(arr, seed.t_ns - reach_ns, key=lambda a: a.t_ns)
+            j = bisect.bisect_right(arr, seed.t_ns + reach_ns, key=lambda a: a.t_ns)
+            got = [a for a in arr[i:j] if a.sigma_s <= MAX_SIGMA_S]
+            if got:
+                by_node[node] = got
+        # in order of their first arrival, as the pending list is
+        return dict(sorted(by_node.items(), key=lambda kv: kv[1][0].t_ns))
 
     def _try_seed(self, seed: Arrival) -> Association | None:
         if seed.sigma_s > MAX_SIGMA_S:
@@ -409,10 +495,21 @@ class Associator:
         if len(cands) + 1 < self.cfg.min_nodes:
             return None
         best: Association | None = None
-        for p, c in self._peaks(seed, cands):
-            cand = self._refine(seed, cands, p, c)
-            if cand is not None and (best is None or self._better(cand, best)):
-                best = cand
+        searches = [cands]
+        if self._is_first(seed):
+            # a shot's sound is the first its nodes hear of it: also search among
+            # the other nodes' first sounds only. In a fast burst with timing
+            # errors of a few ms, mixtures of rounds fit about as well as the
+            # first round does and crowd it out of the grid's best cells; among
+            # first sounds there is nothing to mix it with.
+            first = {n: kept for n, arr in cands.items() if (kept := [a for a in arr if self._is_first(a)])}
+            if len(first) + 1 >= self.cfg.min_nodes and sum(map(len, first.values())) < sum(map(len, cands.values())):
+                searches.append(first)
+        for pool in searches:
+            for p, c in self._peaks(seed, pool):
+                cand = self._refine(seed, pool, p, c)
+                if cand is not None and (best is None or self._better(cand, best)):
+                    best = cand
         if best is None or not self._enough_nodes(best) or not self._consistent(best):
             return None
         chance = self._chance(best, cands)
@@ -424,12 +521,12 @@ class Associator:
         """The best (position, speed of sound) starting points for ``seed``:
         coarse grid, then a fine grid around its best distinct cells."""
         cfg = self.cfg
-        grid = self._grid_for()
         fine = self._fine_tolerance()
-        d0 = grid.distances(seed.node, seed.pos)
         rel = {n: np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in arr]) for n, arr in cands.items()}
         pos = {n: arr[0].pos for n, arr in cands.items()}
         c = self.c_nominal
+        grid = self._grid_for(seed.pos)
+        d0 = grid.distances(seed.node, seed.pos)
         # c-range: half the spread of 1/c over the candidates (s/m)
         dc = 0.5 * (1.0 / self.c_candidates[0] - 1.0 / self.c_candidates[-1])
         base = fine + grid.step_m * 0.9 / c
@@ -548,7 +645,54 @@ class Associator:
             extras = math.comb(others - (u - 1), k_extra)
             overlap = math.comb(k - 1, u - 1)
             out = min(out, float(tuples * extras * np.prod(q) / overlap))
-        return out
+        return out * self._repeat_factor(cand)
+
+    def _repeat_factor(self, cand: Association) -> float:
+        """Evidence from a burst: the probability that, by chance, other recent
+        sounds (pending or already in a shot) repeat ``cand``'s timing at every
+        one of its nodes (the same delay Δ after or before each of its arrivals,
+        within the fine tolerance, ``MIN_ROUND_GAP_S`` ≤ |Δ| ≤
+        ``REPEAT_WINDOW_S``), given that some do; 1 when none do.
+
+        A burst fires from one place, so its rounds repeat one pattern of arrival
+        times across the nodes. For unrelated sounds, once Δ is fixed by one of the
+        seed node's other sounds (``n_delays`` choices), each other node matches
+        with probability q = 2·τ·λ (λ: its rate of sounds within
+        ``REPEAT_WINDOW_S``); the factor is ``n_delays`` × Π q. It lets a
+        few-node shot that is one of several rounds stand out from a chance
+        line-up, where a single redundant arrival cannot. (Every node must
+        repeat: with fewer, the repeated line-ups of echoes and of mixed rounds
+        that a regular burst produces passed on the Pittsburgh recordings.)"""
+        tol_ns = self._fine_tolerance() * 1e9
+        window_ns = REPEAT_WINDOW_S * 1e9
+        seed = cand.arrivals[0]
+        arr = {x.node: np.array([t for t, _ in self._heard.get(x.node, ())], dtype=np.int64) for x in cand.arrivals}
+        at_seed = arr.get(seed.node, np.zeros(0, dtype=np.int64))
+        deltas = [int(t - seed.t_ns) for t in at_seed if MIN_ROUND_GAP_S * 1e9 <= abs(int(t - seed.t_ns)) <= window_ns]
+        if not deltas:
+            return 1.0
+        others = [a for a in cand.arrivals[1:]]
+        rates = []
+        for x in others:
+            t = arr.get(x.node, np.zeros(0, dtype=np.int64))
+            n = int(np.count_nonzero(np.abs(t - x.t_ns) <= window_ns))
+            rates.append(n / (2.0 * REPEAT_WINDOW_S))
+        for d in deltas:
+            if all(np.any(np.abs(arr.get(x.node, np.zeros(0, dtype=np.int64)) - (x.t_ns + d)) <= tol_ns)
+                   for x in others):
+                q = [min(1.0, 2.0 * tol_ns * 1e-9 * r) for r in rates]
+                return float(min(1.0, len(deltas) * np.prod(q)))
+        return 1.0
+
+    def _thin_and_late(self, cand: Association) -> bool:
+        """``cand`` has a single arrival beyond its unknowns (x, y, t0, and c when
+        the temperature is unknown) and one of its arrivals came after an
+        unexplained sound at its node about as loud (:meth:`_preceded`). With one
+        redundant arrival, timing alone cannot tell a shot from a line-up of
+        echoes and other rounds; a shot's sound is the first its nodes hear of
+        it, so such a thin candidate must be made of first sounds only."""
+        u = 3 + (1 if self.c_unknown else 0)
+        return cand.solution.n_used <= u + 1 and self._preceded(cand) > 0
 
     def _better(self, a: Association, b: Association) -> bool:
         """Ranking: most arrivals that are first at their node (see
@@ -567,15 +711,20 @@ class Associator:
 
     def _index_preceding(self) -> None:
         """Index, per node, the pending arrivals not explained as echoes of a formed
-        shot (trailing its arrival at that node by at most ``ECHO_WINDOW_S``)."""
+        shot: trailing its arrival at that node by at most ``ECHO_WINDOW_S`` and
+        weaker than it (by ``PRECEDE_DB``; any, when the arrivals carry no levels,
+        e.g. picks from another system). An echo is weaker than its sound; the
+        next round of a burst is as loud, and stays a sound that later
+        line-ups at its node come after."""
         window = ECHO_WINDOW_S * 1e9
-        trail: dict[str, list[int]] = {}
+        trail: dict[str, list[tuple[int, float]]] = {}
         for shot in self._recent:
             for x in shot.arrivals:
-                trail.setdefault(x.node, []).append(x.t_ns)
+                trail.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs))
         idx: dict[str, list[tuple[int, float]]] = {}
         for x in self._pending:
-            if any(0 < x.t_ns - t <= window for t in trail.get(x.node, ())):
+            if any(0 < x.t_ns - t <= window and (x.peak_dbfs == 0.0 or x.peak_dbfs <= lv - PRECEDE_DB)
+                   for t, lv in trail.get(x.node, ())):
                 continue
             idx.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs))
         self._unexplained = {n: (np.array([t for t, _ in v], dtype=np.int64), np.array([lv for _, lv in v]))
@@ -598,6 +747,17 @@ class Associator:
             if np.any((t < x.t_ns - fine) & (t >= x.t_ns - window) & (level >= x.peak_dbfs - PRECEDE_DB)):
                 n += 1
         return n
+
+    def _is_first(self, x: Arrival) -> bool:
+        """``x`` is not preceded (within ``ECHO_WINDOW_S``) at its node by another
+        pending, unexplained sound about as loud (see :meth:`_preceded`)."""
+        got = self._unexplained.get(x.node)
+        if got is None:
+            return True
+        t, level = got
+        fine = self._fine_tolerance() * 1e9
+        return not np.any((t < x.t_ns - fine) & (t >= x.t_ns - ECHO_WINDOW_S * 1e9)
+                          & (level >= x.peak_dbfs - PRECEDE_DB))
 
     def _sigma(self, arrivals: list[Arrival]) -> np.ndarray:
         return np.sqrt(np.array([a.sigma_s for a in arrivals]) ** 2 + self.model_sigma_s**2)
@@ -654,12 +814,12 @@ class Associator:
         with the fine tolerance), then the extension and the robust final solve."""
         cfg = self.cfg
         fine = self._fine_tolerance()
-        grid = self._grid_for()
+        step_m = self.cfg.grid_step_m
         p = p0.copy()
         t0 = -float(np.linalg.norm(p - seed.pos)) / c
         sol: Solution | None = None
         chosen: list[Arrival] = []
-        for tol in (fine + grid.step_m * FINE_FRACTION * 1.5 / c, fine):
+        for tol in (fine + step_m * FINE_FRACTION * 1.5 / c, fine):
             chosen = [seed] + self._pick(seed, cands, p, t0, c, tol)
             if len(chosen) < cfg.min_nodes:
                 return None
@@ -739,6 +899,8 @@ class Associator:
                 by_node.setdefault(a.node, []).append(a.t_ns)
         times = {n: np.array(v, dtype=np.int64) for n, v in by_node.items()}
         window = REPEAT_WINDOW_S * 1e9
+        # every pending arrival tried here is a chance to find a repeat by luck
+        tried = sum(1 for a in self._pending if a.node in at and fine_ns < abs(a.t_ns - at[a.node]) <= window)
         for a in self._pending:
             if a.node not in at or not fine_ns < abs(a.t_ns - at[a.node]) <= window:
                 continue
@@ -751,13 +913,39 @@ class Associator:
             cand = self._refine(a, cands, shot.solution.pos.copy(), shot.solution.c_mps or self.c_nominal)
             if cand is None or not self._enough_nodes(cand):
                 continue
-            chance = self._chance(cand, cands)
+            chance = min(self._chance(cand, cands), self._repeat_chance(cand, cands, shot, tried))
             if chance > self.cfg.max_chance:
                 continue
             old = cache.get(a.key)
             if old is None or self._better(cand, old):
                 cache[a.key] = replace(cand, chance=chance)
                 self._seed_t[a.key] = a.t_ns
+
+    def _repeat_chance(self, cand: Association, cands: dict[str, list[Arrival]], shot: Association,
+                       tried: int) -> float:
+        """Expected number of chance alignments as good as ``cand``, a candidate
+        found by :meth:`_repeats` from the position of ``shot``: there the source
+        position is given, and the seed fixes the emission time, so every other
+        arrival is redundant. Each of the shot's other nodes has an arrival within
+        ±τ of the prediction by chance with probability q = 2·τ·λ (λ: its arrival
+        rate around the seed, τ: the largest residual of ``cand``'s arrivals, at
+        least ``tolerance_s``); ``cand`` has m of them: choose which (of the
+        shot's nodes), times the ``tried`` seeds the repeat search looked at."""
+        used = cand.solution.used
+        tau = max(self.cfg.tolerance_s, float(np.max(np.abs(cand.solution.residuals_s[used]))))
+        slack = self._extend_tolerance() + 0.01
+        seed = cand.arrivals[0]
+        shot_nodes = {a.node for a in shot.arrivals} - {seed.node}
+        q = []
+        for n in shot_nodes:
+            arr = cands.get(n, ())
+            window = 2.0 * (float(np.linalg.norm(self._nodes[n][:2] - seed.pos[:2])) / self.c + slack)
+            q.append(min(1.0, 2.0 * tau * len(arr) / max(window, 1e-3)))
+        m = sum(1 for a in cand.arrivals[1:] if a.node in shot_nodes)
+        if m < self.cfg.min_nodes - 1 or m > len(q):
+            return float("inf")
+        q.sort(reverse=True)
+        return float(max(tried, 1) * math.comb(len(q), m) * np.prod(q[:m]))
 
     def _echo_lineup(self, cand: Association) -> bool:
         """``cand`` is made of echoes: at half or more of its nodes, a louder sound

@@ -1,0 +1,115 @@
+"""Benchmark: association (+ solver) throughput against network size.
+
+Run from the project root:
+
+    python benchmarks/bench_association.py [--nodes 8,100,1000] [--sources N]
+        [--rate R] [--hearing-m 400] [--range-m M] [--seed 0]
+
+Fireworks-like load: sources at random places inside a square lattice of nodes
+(150 m spacing), emitted at ``--rate`` sources per second of stream time; every
+node within ``--hearing-m`` hears each source at t0 + d/c + N(0, 50 µs). The
+arrivals are fed in time order to ``server.association.Associator`` (which runs
+the solver on every candidate), stepping with a watermark 0.1 s behind the
+stream. Prints, per lattice: arrivals, shots found / sources, wall time,
+arrivals (events) per second and ms per event. ``--range-m`` sets
+``AssociationConfig.hearing_range_m`` (default: the configuration's default).
+
+What to look for: the time per event should not grow with the number of nodes
+once the lattice is wider than the hearing range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.acoustics import speed_of_sound  # noqa: E402
+from common.config import AssociationConfig  # noqa: E402
+from server.association import Arrival, Associator  # noqa: E402
+
+SPACING_M = 150.0
+SIGMA_S = 50e-6
+
+
+def lattice(n: int) -> np.ndarray:
+    """``n`` node positions (n, 3) m on a near-square lattice with SPACING_M."""
+    cols = int(math.ceil(math.sqrt(n)))
+    k = np.arange(n)
+    return np.column_stack([(k % cols) * SPACING_M, (k // cols) * SPACING_M, np.full(n, 5.0)])
+
+
+def arrivals_for(nodes: np.ndarray, n_sources: int, rate: float, hearing_m: float, c: float,
+                 rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(t_ns, node index) of every arrival, time-sorted."""
+    lo, hi = nodes[:, :2].min(axis=0), nodes[:, :2].max(axis=0)
+    out = []
+    t0 = 10.0
+    for _ in range(n_sources):
+        t0 += rng.exponential(1.0 / rate)
+        p = np.append(rng.uniform(lo, hi), 1.5)
+        d = np.linalg.norm(nodes - p, axis=1)
+        for i in np.flatnonzero(d <= hearing_m):
+            out.append((int((t0 + d[i] / c + rng.normal(0.0, SIGMA_S)) * 1e9), int(i)))
+    out.sort()
+    return out
+
+
+def run(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: float | None,
+        seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    c = speed_of_sound(15.0)
+    nodes = lattice(n_nodes)
+    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, rng)
+    cfg = AssociationConfig() if range_m is None else replace(AssociationConfig(), hearing_range_m=range_m)
+    assoc = Associator(cfg, c, z_source=1.5, model_sigma_s=1e-4)
+    t_start = time.perf_counter()
+    for i, p in enumerate(nodes):
+        assoc.add_node(f"n{i}", p)
+    shots = 0
+    next_step = arr[0][0] if arr else 0
+    for k, (t_ns, i) in enumerate(arr):
+        if t_ns >= next_step:
+            shots += len(assoc.step(t_ns - 100_000_000)[0])
+            next_step = t_ns + 100_000_000
+        assoc.add(Arrival(key=k + 1, node=f"n{i}", t_ns=t_ns, sigma_s=SIGMA_S, pos=nodes[i]))
+    shots += len(assoc.step(None)[0])
+    wall = time.perf_counter() - t_start
+    return {"nodes": n_nodes, "arrivals": len(arr), "sources": n_sources, "shots": shots, "wall_s": wall,
+            "events_per_s": len(arr) / wall if wall > 0 else float("nan"),
+            "ms_per_event": 1e3 * wall / max(len(arr), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", default="8,100,1000", help="comma list of lattice sizes")
+    ap.add_argument("--sources", type=int, default=60, help="sources per lattice (default 60)")
+    ap.add_argument("--rate", type=float, default=5.0, help="sources per second of stream time (default 5)")
+    ap.add_argument("--hearing-m", type=float, default=400.0, help="nodes within this hear a source (m)")
+    ap.add_argument("--range-m", type=float, default=None,
+                    help="AssociationConfig.hearing_range_m (default: the configuration's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    default_range = AssociationConfig().hearing_range_m
+    rng_name = f"{args.range_m:.0f} m" if args.range_m is not None else f"{default_range:.0f} m (default)"
+    print(f"association throughput: lattice spacing {SPACING_M:.0f} m, heard within {args.hearing_m:.0f} m, "
+          f"{args.rate:g} sources/s, hearing_range_m {rng_name}")
+    print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9}")
+    for n in (int(x) for x in args.nodes.split(",") if x.strip()):
+        r = run(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed)
+        print(f"{r['nodes']:>6} {r['arrivals']:>8} {r['sources']:>7} {r['shots']:>6} {r['wall_s']:>7.2f} "
+              f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
