@@ -65,11 +65,14 @@ SNIPPET = (np.exp(-np.arange(1440) / 48.0) * 20_000 * (np.arange(1440) >= 240)).
 
 
 # --------------------------------------------------------------- the server
-def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, stop, out) -> None:
+def _server_main(workdir: str, keys_dir: str | None, associate: bool, hearing_range_m: float, ready, stop,
+                 out) -> None:
     """Child process: build the real server and serve until ``stop`` is set."""
     import threading
 
-    from common.config import ServerConfig
+    import dataclasses
+
+    from common.config import AssociationConfig, ServerConfig
     from server.engine import Engine
     from server.net import IngestServer
     from server.store import Store
@@ -80,12 +83,15 @@ def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, sto
         def _queue(self, ev, key):  # noqa: D401 - nothing kept in memory
             return None
 
-        def advance(self, now_ns=None):
+        def advance(self, now_ns=None, budget_s=None):
             return []
 
     cfg = ServerConfig(bind="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
                        database=os.path.join(workdir, "server.sqlite"), temperature_c=20.0,
-                       keys_dir=keys_dir, allow_plaintext=keys_dir is None)
+                       keys_dir=keys_dir, allow_plaintext=keys_dir is None,
+                       # the network's configured hearing range: how far its nodes hear
+                       # these sources (the fireworks' radius plus a margin)
+                       association=dataclasses.replace(AssociationConfig(), hearing_range_m=hearing_range_m))
     security = None
     if keys_dir is not None:
         from server.security import secure_server_options
@@ -114,10 +120,10 @@ def _server_main(workdir: str, keys_dir: str | None, associate: bool, ready, sto
     if associate:
         adv = engine.advance
 
-        def timed_advance(now_ns=None):
+        def timed_advance(now_ns=None, budget_s=None):
             t = time.thread_time()
             try:
-                return adv(now_ns)
+                return adv(now_ns, budget_s)
             finally:
                 engine_cpu[0] += time.thread_time() - t
         engine.advance = timed_advance
@@ -324,7 +330,8 @@ def run_phase(args, name: str, associate: bool, keys_dir: str | None, curve: dic
     work = tempfile.mkdtemp(prefix=f"ew-bench-{name}-")
     spawn = mp.get_context("spawn")
     ready, out, stop = spawn.Queue(), spawn.Queue(), spawn.Event()
-    proc = spawn.Process(target=_server_main, args=(work, keys_dir, associate, ready, stop, out), daemon=True)
+    proc = spawn.Process(target=_server_main, args=(work, keys_dir, associate, args.radius + 100.0, ready, stop, out),
+                         daemon=True)
     proc.start()
     endpoint, pub_ep = ready.get(timeout=60)
     ctx = zmq.Context(io_threads=2)

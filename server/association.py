@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -231,6 +232,11 @@ class Associator:
         self.z_sigma = z_sigma
         self.model_sigma_s = model_sigma_s
         self._pending: list[Arrival] = []
+        #: Bumped whenever ``_pending`` changes (keys the cached fine tolerance).
+        self._pver = 0
+        #: True when the last :meth:`step` stopped at its deadline with work left.
+        self.incomplete = False
+        self._ftol: tuple[tuple[int, float] | None, float] = (None, 0.0)
         self._nodes: dict[str, np.ndarray] = {}
         #: Search grids by window (see :meth:`_grid_for`), most recent last.
         self._grids: dict[tuple[int, int, int, int], Grid] = {}
@@ -245,6 +251,9 @@ class Associator:
         #: kept between steps while the seed is pending; and the seeds' times.
         self._cache: dict[int, Association | None] = {}
         self._seed_t: dict[int, int] = {}
+        #: An upper bound of the searched seeds' times; the largest arrival key seen.
+        self._seed_t_max = -(2**63)
+        self._max_key = -(2**63)
         #: Every recent arrival's (time, peak level) per node, used or not: what
         #: came before a candidate's arrivals (see :meth:`_echo_lineup`).
         self._heard: dict[str, list[tuple[int, float]]] = {}
@@ -264,19 +273,32 @@ class Associator:
     def add(self, arrival: Arrival) -> None:
         self.add_node(arrival.node, arrival.pos)
         self._pending.append(arrival)
+        self._pver += 1
         self._by_node = None
         self._heard.setdefault(arrival.node, []).append((arrival.t_ns, arrival.peak_dbfs))
         if self._cache:
-            # a seed's search is kept between steps; one that could see this arrival is redone
+            # a seed's search is kept between steps; one that could see this arrival
+            # is redone (nothing to check when every searched seed is much earlier:
+            # the usual case, arrivals come roughly in time order)
             span = self.max_travel_ns()
-            self._cache = {k: v for k, v in self._cache.items() if abs(self._seed_t.get(k, 0) - arrival.t_ns) > span}
-        # an arrival handed back (its shot could not be recorded) un-forms that shot
-        self._recent = [s for s in self._recent if all(a.key != arrival.key for a in s.arrivals)]
+            if arrival.t_ns - span <= self._seed_t_max:
+                self._cache = {k: v for k, v in self._cache.items()
+                               if abs(self._seed_t.get(k, 0) - arrival.t_ns) > span}
+        # an arrival handed back (its shot could not be recorded) un-forms that
+        # shot; a new arrival (a key not seen before) cannot be part of one
+        if arrival.key <= self._max_key:
+            self._recent = [s for s in self._recent if all(a.key != arrival.key for a in s.arrivals)]
+        else:
+            self._max_key = arrival.key
 
     def add_node(self, node: str, pos: np.ndarray) -> None:
         """Make a node known (from its heartbeat) before it reports any arrival, so
         the search area and the waiting time cover it from the start."""
-        if node not in self._nodes or not np.allclose(self._nodes[node], pos, atol=0.5):
+        old = self._nodes.get(node)
+        if old is pos:                   # the same array as last time (the engine caches it)
+            return
+        if old is None or not (abs(old[0] - pos[0]) <= 0.5 and abs(old[1] - pos[1]) <= 0.5
+                               and abs(old[2] - pos[2]) <= 0.5):
             pos = np.asarray(pos, dtype=float)
             moved = node in self._nodes
             if not moved and self._widest_m is not None and self._nodes:
@@ -352,8 +374,14 @@ class Associator:
         self.net_scale = float(np.clip(np.median(self._scales), 1.0, MAX_NET_SCALE))
 
     # ------------------------------------------------------------- decide
-    def step(self, watermark_ns: int | None) -> tuple[list[Association], list[Arrival]]:
+    def step(self, watermark_ns: int | None, deadline: float | None = None
+             ) -> tuple[list[Association], list[Arrival]]:
         """Decide every pending arrival old enough for ``watermark_ns`` (None: all).
+
+        ``deadline`` (``time.monotonic()`` value): stop searching seeds once it has
+        passed (after at least one search) and return what was decided so far,
+        with :attr:`incomplete` set; the searches done are kept, so the next call
+        carries on and reaches the same decisions as one uninterrupted step.
 
         Among the ready seeds' candidates the best (see :meth:`_better`) is formed
         first (so that an echo or a stray sound cannot take arrivals from a real
@@ -365,6 +393,8 @@ class Associator:
         wait_ns = self.max_travel_ns() + int(self.cfg.latency_s * 1e9)
         self._pending.sort(key=lambda a: a.t_ns)
         cache = self._cache
+        self.incomplete = False
+        searched = 0
         while True:
             ready = [a for a in self._pending
                      if watermark_ns is None or a.t_ns + wait_ns <= watermark_ns]
@@ -381,9 +411,15 @@ class Associator:
             self._index_preceding()
             for seed in ready:
                 if seed.key not in cache and seed.key not in covered:
+                    if deadline is not None and searched and time.monotonic() > deadline:
+                        self.incomplete = True
+                        shots.sort(key=lambda s: s.t0_ns)
+                        return shots, rejected
+                    searched += 1
                     cand = self._try_seed(seed)
                     cache[seed.key] = cand
                     self._seed_t[seed.key] = seed.t_ns
+                    self._seed_t_max = max(self._seed_t_max, seed.t_ns)
                     if cand is not None and not self._is_echo(cand):
                         covered |= {a.key for a in cand.arrivals}
             # An arrival whose own search found nothing may still belong to a shot
@@ -396,6 +432,7 @@ class Associator:
                 rejected.extend(ready)
                 keys = {a.key for a in ready}
                 self._pending = [a for a in self._pending if a.key not in keys]
+                self._pver += 1
                 self._by_node = None
                 self._cache = {k: v for k, v in cache.items() if k not in keys}
                 break
@@ -418,6 +455,7 @@ class Associator:
             rejected.extend(dups)
             used |= {a.key for a in dups}
             self._pending = [a for a in self._pending if a.key not in used]
+            self._pver += 1
             self._by_node = None
             cache = self._cache = _without(cache, used)
             shots.append(best)
@@ -766,9 +804,13 @@ class Associator:
         """How far (s) an arrival may be from a shot's prediction and still be part
         of its core: ``tolerance_sigmas`` × the typical timing error (the pending
         arrivals' own, with the model error), never less than ``tolerance_s``."""
-        sig = float(np.median([a.sigma_s for a in self._pending])) if self._pending else 0.0
-        tol = self.cfg.tolerance_sigmas * float(np.hypot(sig, self.model_sigma_s)) * self.net_scale
-        return min(max(self.cfg.tolerance_s, tol), max(self.cfg.tolerance_s, self.cfg.extend_tolerance_s))
+        key = (self._pver, self.net_scale)
+        if self._ftol[0] != key:      # (once per change of the pending set, not per use)
+            sig = float(np.median([a.sigma_s for a in self._pending])) if self._pending else 0.0
+            tol = self.cfg.tolerance_sigmas * float(np.hypot(sig, self.model_sigma_s)) * self.net_scale
+            self._ftol = (key, min(max(self.cfg.tolerance_s, tol),
+                                   max(self.cfg.tolerance_s, self.cfg.extend_tolerance_s)))
+        return self._ftol[1]
 
     def _extend_tolerance(self) -> float:
         return max(self.cfg.extend_tolerance_s, self._fine_tolerance())

@@ -93,6 +93,8 @@ class Engine:
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
         self._pos_cache: dict[str, tuple[tuple[float, float, float], np.ndarray]] = {}
+        #: True when the last budgeted :meth:`advance` left decidable events.
+        self.behind = False
         self._seen: set[tuple[str, int]] = set()
         self._started_ns = clock_ns()
         self.registry = NodeRegistry(cfg.association.stale_node_s)
@@ -250,19 +252,27 @@ class Engine:
         for ch in changes:
             (log.warning if ch.warning else log.info)("%s", ch.text)
 
-    def advance(self, now_ns: int | None = None) -> list[ShotReport]:
+    def advance(self, now_ns: int | None = None, budget_s: float | None = None) -> list[ShotReport]:
+        """Decide what the network's watermark allows. ``budget_s``: stop after
+        about this much time (at least one seed search) even if more is
+        decidable — the ingest loop must keep acking on a night of fireworks;
+        :attr:`behind` then says so, and the next call carries on where this one
+        stopped (the same decisions as one unbounded call)."""
         self._log_changes(self.registry.check(self.clock_ns() if now_ns is None else now_ns))
         wm = self.watermark(now_ns)
+        self.behind = False
         if wm is None:
             return []
-        return self._decide(wm)
+        out = self._decide(wm, None if budget_s is None else time.monotonic() + budget_s)
+        self.behind = self.assoc.incomplete
+        return out
 
     def finish(self) -> list[ShotReport]:
         """Decide every pending event (no more input will come)."""
         return self._decide(None)
 
-    def _decide(self, watermark_ns: int | None) -> list[ShotReport]:
-        shots, rejected = self.assoc.step(watermark_ns)
+    def _decide(self, watermark_ns: int | None, deadline: float | None = None) -> list[ShotReport]:
+        shots, rejected = self.assoc.step(watermark_ns, deadline)
         if not shots and not rejected:
             return []
         reports: list[ShotReport] = []

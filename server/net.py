@@ -42,6 +42,12 @@ LOG_EVERY_S = 10.0
 #: Most messages handled per batch (one commit, then acks, then an association
 #: step): bounds the ack latency a batch adds (~0.3 ms of work per event).
 BATCH = 2000
+#: Longest association step between two batches of messages (s): bounds how long
+#: acks wait for association when events pour in (see :meth:`IngestServer.run`).
+ASSOCIATION_BUDGET_S = 0.05
+#: While messages are waiting, association gets at most this share of the loop's
+#: time (ingest first: nothing is lost by deciding later, acks must not wait).
+ASSOCIATION_SHARE = 0.1
 #: Messages queued per node connection before ZeroMQ stops reading from it
 #: (back-pressure: the node's events wait in its outbox).
 RCVHWM = 100
@@ -161,20 +167,34 @@ class IngestServer:
 
     # ------------------------------------------------------------- loop
     def run(self, stop: threading.Event, step_s: float = 0.05) -> None:
-        """Serve until ``stop`` is set."""
+        """Serve until ``stop`` is set. Association runs between batches of
+        messages for at most ``ASSOCIATION_BUDGET_S`` at a time, so a flood of
+        events (fireworks) never stops the server from storing and acking; a
+        backlog of decisions is worked off whenever no message is waiting."""
         last_step = 0.0
+        allowance = 0.0       # association time earned by ingest work while messages wait
         while not stop.is_set():
-            self.poll_once(timeout_ms=int(step_s * 1000))
+            t0 = time.monotonic()
+            n = self.poll_once(timeout_ms=0 if self.engine.behind else int(step_s * 1000))
             self.check_keys()
             now = time.monotonic()
-            if now - last_step >= step_s:
-                self.advance()
-                last_step = now
+            flooded = n >= BATCH          # a full batch: more messages are waiting
+            if flooded:
+                allowance = min(allowance + ASSOCIATION_SHARE * (now - t0), ASSOCIATION_BUDGET_S)
+            if not (self.engine.behind or now - last_step >= step_s):
+                continue
+            if flooded and allowance < ASSOCIATION_BUDGET_S / 5:
+                continue        # the waiting messages come first; association gets its share
+            self.advance(allowance if flooded else ASSOCIATION_BUDGET_S)
+            spent = time.monotonic() - now
+            allowance = allowance - spent if flooded else 0.0     # a long search is paid back
+            last_step = now
 
-    def advance(self) -> None:
-        """One association step; publishes what it decides. Never raises."""
+    def advance(self, budget_s: float | None = None) -> None:
+        """One association step (at most ``budget_s``, default
+        ``ASSOCIATION_BUDGET_S``); publishes what it decides. Never raises."""
         try:
-            reps = self.engine.advance()
+            reps = self.engine.advance(budget_s=ASSOCIATION_BUDGET_S if budget_s is None else budget_s)
         except Exception as exc:  # a bug in association must not stop ingest and acks
             self.counters["engine_errors"] += 1
             self._rlog.warn("engine-error", f"association step failed: {exc!r}", logging.ERROR, exc_info=True)
