@@ -61,6 +61,9 @@ from common.protocol import Ack, Event, Heartbeat, decode, encode  # noqa: E402
 FRAME = LocalFrame(40.44, -79.99, 250.0)
 C = speed_of_sound(20.0)
 SPACING_M = 150.0
+#: As the real node (PublisherConfig): heartbeats this often for ACTIVE_S after an event.
+ACTIVE_HEARTBEAT_S = 0.5
+ACTIVE_S = 10.0
 SNIPPET = (np.exp(-np.arange(1440) / 48.0) * 20_000 * (np.arange(1440) >= 240)).astype(np.int16)
 
 
@@ -201,6 +204,8 @@ class Nodes:
         first = np.random.default_rng(0).uniform(0, heartbeat_s, n) + time.monotonic()
         self._hb_due = [(float(t), i) for i, t in enumerate(first)]     # heap of (due, node)
         heapq.heapify(self._hb_due)
+        self._next_hb = [float(t) for t in first]      # each node's real next heartbeat
+        self._active_until = [0.0] * n                 # like the node: faster heartbeats after an event
         self.hb_seq = [0] * n
         self.unsent: deque[tuple[int, int]] = deque()   # (node, seq) whose send hit a full queue
         self._next_resend_scan = 0.0
@@ -214,6 +219,11 @@ class Nodes:
         return self.seq[i], encode(ev)
 
     def submit(self, i: int, seq: int, frames: list[bytes], t_ns: int) -> None:
+        now = time.monotonic()
+        self._active_until[i] = now + ACTIVE_S
+        if self._next_hb[i] > now + ACTIVE_HEARTBEAT_S:
+            self._next_hb[i] = now + ACTIVE_HEARTBEAT_S
+            heapq.heappush(self._hb_due, (self._next_hb[i], i))
         self.unacked[i][seq] = [frames, t_ns, None]
         self._send(i, seq)
 
@@ -261,8 +271,12 @@ class Nodes:
                 break
         now = time.monotonic()
         while self._hb_due and self._hb_due[0][0] <= now:     # heartbeats that are due
-            _, i = heapq.heappop(self._hb_due)
-            heapq.heappush(self._hb_due, (now + self.heartbeat_s, i))
+            t, i = heapq.heappop(self._hb_due)
+            if t != self._next_hb[i]:
+                continue                                       # rescheduled earlier since
+            gap = ACTIVE_HEARTBEAT_S if now < self._active_until[i] else self.heartbeat_s
+            self._next_hb[i] = now + gap
+            heapq.heappush(self._hb_due, (now + gap, i))
             self.heartbeat(i, stream_lag_s)
         if now >= self._next_resend_scan:          # like Outbox.due(): resend what waited resend_s
             self._next_resend_scan = now + 1.0

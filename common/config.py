@@ -98,6 +98,13 @@ class PublisherConfig:
     resend_s: float = 10.0
     max_unacked: int = 100_000
     heartbeat_s: float = 5.0
+    #: For ``active_s`` after the node reports an event, heartbeats every
+    #: ``active_heartbeat_s`` instead: a heartbeat carries the node's watermark,
+    #: and the server decides a shot only once every node's watermark has passed
+    #: it — so this is what lets a shot be located within a second or two, not a
+    #: whole ``heartbeat_s`` later. Quiet nodes stay at ``heartbeat_s``.
+    active_heartbeat_s: float = 0.5
+    active_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ class NodeRunner:
         self._held: list[Onset] = []
         self._hb_seq = 0
         self._events = 0
+        self._last_event_wall = -1e18      # monotonic time of the last event reported
         self._heartbeats = 0
         self._device_errors = 0
         self._problem = ""
@@ -226,6 +227,7 @@ class NodeRunner:
                                 sample_rate_hz=self.fs, position=pos)
             self.publisher.submit(ev)
             self._events += 1
+            self._last_event_wall = time.monotonic()
         if self._outbox_problem:
             log.info("outbox: writable again")
         self._outbox_problem = ""
@@ -234,7 +236,9 @@ class NodeRunner:
     def _maybe_heartbeat(self) -> None:
         now = time.monotonic()
         frames = self.detector.frames_seen
-        due_wall = now - self._last_hb_wall >= self.cfg.publisher.heartbeat_s
+        pc = self.cfg.publisher
+        active = now - self._last_event_wall <= pc.active_s     # something was heard lately
+        due_wall = now - self._last_hb_wall >= (pc.active_heartbeat_s if active else pc.heartbeat_s)
         due_stream = (self.heartbeat_stream_s is not None
                       and frames - self._last_hb_frame >= self.heartbeat_stream_s * self.fs)
         if due_wall or due_stream:

@@ -123,3 +123,63 @@ def test_missing_gps_shows_in_heartbeat_status():
         assert any("gpsd not reachable" in str(v) for v in status.values())
     finally:
         gps.stop()
+
+
+class OneClick:
+    """Audio with one loud click after 0.5 s of quiet, then quiet; real-time paced."""
+
+    sample_rate = 48_000.0
+    channels = 1
+
+    def __init__(self) -> None:
+        self.frame = 0
+        rng = np.random.default_rng(0)
+        self.noise = (rng.normal(0, 1e-3, 480 * 1000)).astype(np.float32)
+
+    def start(self) -> None:
+        pass
+
+    def read(self, timeout_s: float):
+        time.sleep(0.01)
+        x = self.noise[self.frame % len(self.noise):][:480].copy()
+        if self.frame == 48_000:
+            x[100:140] += 0.8 * np.exp(-np.arange(40) / 8.0).astype(np.float32)
+        b = AudioBlock(samples=x[:, None], first_frame=self.frame)
+        self.frame += 480
+        return b
+
+    def stop(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"xruns": 0, "dropped_blocks": 0}
+
+
+def test_heartbeats_come_faster_after_an_event():
+    """A quiet node heartbeats every heartbeat_s; after it reports an event, every
+    active_heartbeat_s (its watermark is what lets the server decide the shot)."""
+    cfg = NodeConfig(id="n1", audio=AudioConfig(source="sounddevice"), timebase=TimebaseConfig(mode="fixed"),
+                     publisher=PublisherConfig(heartbeat_s=30.0, active_heartbeat_s=0.1, active_s=0.8),
+                     gps=GpsConfig(enabled=False))
+    pub = Capture()
+    runner = NodeRunner(cfg, OneClick(), FixedTimebase(T0, 48_000), pub, position=lambda: Position(40.0, -80.0, 200.0))
+    stop = threading.Event()
+    th = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    t_start = time.monotonic()
+    th.start()
+    deadline = time.monotonic() + 10
+    while not pub.events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pub.events, "the click was not detected"
+    before = len(pub.heartbeats)
+    assert before <= 2                       # hello (+ maybe one): quiet means heartbeat_s
+    time.sleep(0.6)
+    during = len(pub.heartbeats) - before
+    time.sleep(1.2)                          # active_s is over: back to heartbeat_s
+    quiet_from = len(pub.heartbeats)
+    time.sleep(0.8)
+    stop.set()
+    th.join(5)
+    assert during >= 3                       # ~every 0.1 s while active
+    assert len(pub.heartbeats) - quiet_from <= 1   # (the final one on stop)
+    assert time.monotonic() - t_start < 15
