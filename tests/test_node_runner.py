@@ -19,26 +19,24 @@ from node.timebase import FixedTimebase
 T0 = 1_764_000_000 * 10**9
 
 
-class FlakyMic:
-    """An audio source whose device is missing until ``present`` is set."""
+class PacedMic:
+    """A test microphone paced like a real one: 10 ms blocks of :meth:`_block`."""
 
     sample_rate = 48_000.0
     channels = 1
 
     def __init__(self) -> None:
-        self.present = threading.Event()
         self.frame = 0
-        self.starts = 0
 
     def start(self) -> None:
-        self.starts += 1
-        if not self.present.is_set():
-            raise AudioDeviceError("no input device matching 'hw:1,0' — is the USB microphone plugged in?")
+        pass
+
+    def _block(self, first_frame: int) -> np.ndarray:
+        return np.zeros(480, np.float32)
 
     def read(self, timeout_s: float):
         time.sleep(0.01)
-        x = np.zeros((480, 1), np.float32)
-        b = AudioBlock(samples=x, first_frame=self.frame)
+        b = AudioBlock(samples=self._block(self.frame)[:, None], first_frame=self.frame)
         self.frame += 480
         return b
 
@@ -47,6 +45,20 @@ class FlakyMic:
 
     def stats(self) -> dict:
         return {"xruns": 0, "dropped_blocks": 0}
+
+
+class FlakyMic(PacedMic):
+    """An audio source whose device is missing until ``present`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.present = threading.Event()
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        if not self.present.is_set():
+            raise AudioDeviceError("no input device matching 'hw:1,0' — is the USB microphone plugged in?")
 
 
 class Capture:
@@ -125,34 +137,18 @@ def test_missing_gps_shows_in_heartbeat_status():
         gps.stop()
 
 
-class OneClick:
-    """Audio with one loud click after 0.5 s of quiet, then quiet; real-time paced."""
-
-    sample_rate = 48_000.0
-    channels = 1
+class OneClick(PacedMic):
+    """Quiet noise with one loud click after 1 s."""
 
     def __init__(self) -> None:
-        self.frame = 0
-        rng = np.random.default_rng(0)
-        self.noise = (rng.normal(0, 1e-3, 480 * 1000)).astype(np.float32)
+        super().__init__()
+        self.noise = np.random.default_rng(0).normal(0, 1e-3, 480 * 1000).astype(np.float32)
 
-    def start(self) -> None:
-        pass
-
-    def read(self, timeout_s: float):
-        time.sleep(0.01)
-        x = self.noise[self.frame % len(self.noise):][:480].copy()
-        if self.frame == 48_000:
+    def _block(self, first_frame: int) -> np.ndarray:
+        x = self.noise[first_frame % len(self.noise):][:480].copy()
+        if first_frame == 48_000:
             x[100:140] += 0.8 * np.exp(-np.arange(40) / 8.0).astype(np.float32)
-        b = AudioBlock(samples=x[:, None], first_frame=self.frame)
-        self.frame += 480
-        return b
-
-    def stop(self) -> None:
-        pass
-
-    def stats(self) -> dict:
-        return {"xruns": 0, "dropped_blocks": 0}
+        return x
 
 
 def test_heartbeats_come_faster_after_an_event():
