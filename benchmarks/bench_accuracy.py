@@ -255,9 +255,8 @@ def part_sweep(kind: str, trials: int, seed: int = 0) -> list[dict]:
 # ------------------------------------------------------------------ throughput
 def part_throughput(seed: int = 1, workers: int | None = None) -> dict:
     """locate on a rendered 48 kHz recording set: node-seconds of audio per wall second."""
-    import wave
-
     from common.recording_set import RecordingSet, SetNode
+    from node.wav_source import write_wav
     from server.locate import locate_set
     from sim.render import NodeRenderer
 
@@ -269,12 +268,7 @@ def part_throughput(seed: int = 1, workers: int | None = None) -> dict:
         total_s = 0.0
         for i in range(town.n_nodes):
             x = NodeRenderer(scen, town, i, SAMPLE_RATE, seed=seed).render_all()
-            path = Path(tmp) / f"{town.node_ids[i]}.wav"
-            with wave.open(str(path), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(SAMPLE_RATE)
-                w.writeframes(np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes())
+            path = write_wav(Path(tmp) / f"{town.node_ids[i]}.wav", x, SAMPLE_RATE)
             total_s += x.size / SAMPLE_RATE
             nodes.append(SetNode(id=town.node_ids[i], lat=float(lat[i]), lon=float(lon[i]), alt=float(alt[i]),
                                  wav=path, start_utc_ns=scen.start_utc_ns))

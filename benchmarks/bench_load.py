@@ -469,7 +469,6 @@ def enrol_all(n: int) -> tuple[str, dict]:
     d = tempfile.mkdtemp(prefix="ew-bench-keys-")
     server = K.init_server(d)
     curve = {}
-    k = int(np.ceil(np.sqrt(n)))  # noqa: F841  (same ids as Nodes)
     for i in range(n):
         nid = f"n{i:05d}"
         pub, sec = zmq.curve_keypair()
@@ -533,18 +532,17 @@ def main(argv: list[str] | None = None) -> int:
     keys_dir, curve = (None, None) if args.plaintext else enrol_all(args.nodes)
     print(f"earwitness load benchmark: {args.nodes} nodes, {'plaintext' if args.plaintext else 'CURVE'}, "
           f"{os.cpu_count()} CPU(s); load average {os.getloadavg()[0]:.1f} at start")
+    phases = [("ingest", False, f"Phase 1 — ingest path (store + audit seal + commit + ack; association off), "
+                                f"target {args.rate:,.0f} events/s for {args.burst_s:.0f} s:"),
+              ("e2e", True, f"Phase 2 — end to end with association: {args.e2e_fireworks_per_s:g} firework/s "
+                            f"for {args.e2e_s:g} s over {args.nodes} nodes:")]
     ok = True
-    if args.phase in ("ingest", "both"):
-        print(f"\nPhase 1 — ingest path (store + audit seal + commit + ack; association off), "
-              f"target {args.rate:,.0f} events/s for {args.burst_s:.0f} s:")
-        r = run_phase(args, "ingest", False, keys_dir, curve)
-        report(r, False)
-        ok &= r["events"] == r["distinct"] == r["stored"] and r["unacked_left"] == 0 and r["verify_ok"]
-    if args.phase in ("e2e", "both"):
-        print(f"\nPhase 2 — end to end with association: {args.e2e_fireworks_per_s:g} firework/s for "
-              f"{args.e2e_s:g} s over {args.nodes} nodes:")
-        r = run_phase(args, "e2e", True, keys_dir, curve)
-        report(r, True)
+    for name, associate, title in phases:
+        if args.phase not in (name, "both"):
+            continue
+        print(f"\n{title}")
+        r = run_phase(args, name, associate, keys_dir, curve)
+        report(r, associate)
         ok &= r["events"] == r["distinct"] == r["stored"] and r["unacked_left"] == 0 and r["verify_ok"]
     if keys_dir:
         shutil.rmtree(keys_dir, ignore_errors=True)

@@ -122,6 +122,11 @@ def refine_onset(x: np.ndarray, rough: float, fs_hz: float, noise_rms: float,
     return float(a + i - 1 + np.clip(frac, 0.0, 1.0))
 
 
+def robust_sigma(x: np.ndarray) -> float:
+    """Robust standard deviation of zero-mean noise ``x``: 1.4826 × median |x|."""
+    return 1.4826 * float(np.median(np.abs(x)))
+
+
 def first_rise(hp: np.ndarray, lo: int, hi: int, noise: np.ndarray, peak: float,
                k_sigma: float = 6.0, fraction: float = 0.2, sustain: int = 4) -> int | None:
     """Earliest index in ``hp[lo:hi]`` (high-passed) where an arrival clearly starts:
@@ -131,8 +136,7 @@ def first_rise(hp: np.ndarray, lo: int, hi: int, noise: np.ndarray, peak: float,
     None when nothing in the window qualifies."""
     if hi - lo < 2 or noise.size < 8:
         return None
-    sigma = 1.4826 * float(np.median(np.abs(noise)))
-    thr = max(k_sigma * sigma, fraction * float(peak))
+    thr = max(k_sigma * robust_sigma(noise), fraction * float(peak))
     if not thr > 0:
         return None
     above = np.flatnonzero(np.abs(hp[lo:hi]) >= thr)
@@ -351,11 +355,11 @@ class Detector:
             lo = max(t_rel - self.lookback, 0)
             n0 = max(lo - self.lookback_noise, min(self.hp_lead, lo))
             peak_trig = float(np.max(np.abs(hp[t_rel:w1]))) if w1 > t_rel else 0.0
-            k = first_rise(hp, lo, min(int(onset - a), w1), hp[n0:lo], peak_trig)
+            before = hp[n0:lo]
+            k = first_rise(hp, lo, min(int(onset - a), w1), before, peak_trig)
             if k is not None and k < onset - a - max(2.0, 0.0005 * self.fs):
-                noise = hp[n0:lo]
-                noise_e = float(np.mean(noise * noise)) if noise.size > 4 else noise_e
-                onset = a + refine_onset(hp, float(k), self.fs, 1.4826 * float(np.median(np.abs(noise))))
+                noise_e = float(np.mean(before * before)) if before.size > 4 else noise_e
+                onset = a + refine_onset(hp, float(k), self.fs, robust_sigma(before))
         i0 = int(np.floor(onset + 0.5))
         rel = i0 - a
         feats = onset_features(hp[rel:rel + self.snip_post], 0, self.fs, noise_e)

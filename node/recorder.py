@@ -13,12 +13,11 @@ import wave
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from common.config import Position
 from common.recording_set import RecordingSet, SetNode, write_set
 from common.timefmt import ns_to_iso
 from node.audio import AudioBlock
+from node.wav_source import to_pcm16
 
 log = logging.getLogger("earwitness.node.recorder")
 
@@ -54,7 +53,7 @@ class Recorder:
         if self._wav is None:
             self._open(block.first_frame)
         x = block.samples[:, self.channel]
-        pcm = np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
+        pcm = to_pcm16(x)
         assert self._wav is not None
         self._wav.writeframes(pcm.tobytes())
         self._frames += len(pcm)

@@ -1,4 +1,4 @@
-"""WAV files as audio: a flat reader and an :class:`~node.audio.AudioSource` for replay.
+"""WAV files as audio: a flat reader and writer, and an :class:`~node.audio.AudioSource` for replay.
 
 ``read_wav`` checks the RIFF chunk structure itself (so a broken, truncated or
 non-WAV file gets a one-line :class:`WavError` naming the file and the problem) and
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -171,6 +172,21 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if x.ndim == 1:
         x = x[:, None]
     return _to_float32(x, p), int(rate)
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Samples at full scale ±1.0 → little-endian int16 (rounded, clipped)."""
+    return np.clip(np.round(np.asarray(x) * 32767.0), -32768, 32767).astype("<i2")
+
+
+def write_wav(path: str | Path, x: np.ndarray, sample_rate_hz: int) -> Path:
+    """Write mono samples ``x`` (n,) at full scale ±1.0 as a 16-bit PCM WAV."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate_hz))
+        w.writeframes(to_pcm16(x).tobytes())
+    return Path(path)
 
 
 class WavSource:

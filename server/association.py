@@ -658,7 +658,7 @@ class Associator:
         the largest residual among them). A real shot heard by many nodes scores
         far below ``max_chance``; a few stray sounds that happen to line up, in a
         busy neighbourhood, do not."""
-        u = 3 + (1 if self.c_unknown else 0)
+        u = self._n_unknowns_2d()
         slack = self._extend_tolerance() + 0.01
         seed = cand.arrivals[0]
         rates: list[float] = []
@@ -705,19 +705,17 @@ class Associator:
         window_ns = REPEAT_WINDOW_S * 1e9
         seed = cand.arrivals[0]
         arr = {x.node: np.array([t for t, _ in self._heard.get(x.node, ())], dtype=np.int64) for x in cand.arrivals}
-        at_seed = arr.get(seed.node, np.zeros(0, dtype=np.int64))
-        deltas = [int(t - seed.t_ns) for t in at_seed if MIN_ROUND_GAP_S * 1e9 <= abs(int(t - seed.t_ns)) <= window_ns]
+        deltas = [int(t - seed.t_ns) for t in arr[seed.node]
+                  if MIN_ROUND_GAP_S * 1e9 <= abs(int(t - seed.t_ns)) <= window_ns]
         if not deltas:
             return 1.0
-        others = [a for a in cand.arrivals[1:]]
+        others = cand.arrivals[1:]
         rates = []
         for x in others:
-            t = arr.get(x.node, np.zeros(0, dtype=np.int64))
-            n = int(np.count_nonzero(np.abs(t - x.t_ns) <= window_ns))
+            n = int(np.count_nonzero(np.abs(arr[x.node] - x.t_ns) <= window_ns))
             rates.append(n / (2.0 * REPEAT_WINDOW_S))
         for d in deltas:
-            if all(np.any(np.abs(arr.get(x.node, np.zeros(0, dtype=np.int64)) - (x.t_ns + d)) <= tol_ns)
-                   for x in others):
+            if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others):
                 q = [min(1.0, 2.0 * tol_ns * 1e-9 * r) for r in rates]
                 return float(min(1.0, len(deltas) * np.prod(q)))
         return 1.0
@@ -729,7 +727,7 @@ class Associator:
         redundant arrival, timing alone cannot tell a shot from a line-up of
         echoes and other rounds; a shot's sound is the first its nodes hear of
         it, so such a thin candidate must be made of first sounds only."""
-        u = 3 + (1 if self.c_unknown else 0)
+        u = self._n_unknowns_2d()
         return cand.solution.n_used <= u + 1 and self._preceded(cand) > 0
 
     def _better(self, a: Association, b: Association) -> bool:
@@ -771,24 +769,16 @@ class Associator:
     def _preceded(self, cand: Association) -> int:
         """How many of ``cand``'s arrivals come shortly (≤ ``ECHO_WINDOW_S``) after
         another pending, unexplained arrival at the same node that was about as
-        loud or louder (≥ its level − ``PRECEDE_DB``). A shot's sound is the first
-        its nodes hear of it; a line-up of echoes, or of different rounds of a
-        burst at different nodes, comes after sounds nothing has explained."""
-        window = ECHO_WINDOW_S * 1e9
-        fine = self._fine_tolerance() * 1e9
-        n = 0
-        for x in cand.arrivals:
-            got = self._unexplained.get(x.node)
-            if got is None:
-                continue
-            t, level = got
-            if np.any((t < x.t_ns - fine) & (t >= x.t_ns - window) & (level >= x.peak_dbfs - PRECEDE_DB)):
-                n += 1
-        return n
+        loud or louder (≥ its level − ``PRECEDE_DB``): not first (:meth:`_is_first`).
+        A shot's sound is the first its nodes hear of it; a line-up of echoes, or
+        of different rounds of a burst at different nodes, comes after sounds
+        nothing has explained."""
+        return sum(1 for x in cand.arrivals if not self._is_first(x))
 
     def _is_first(self, x: Arrival) -> bool:
-        """``x`` is not preceded (within ``ECHO_WINDOW_S``) at its node by another
-        pending, unexplained sound about as loud (see :meth:`_preceded`)."""
+        """``x`` is not preceded (within ``ECHO_WINDOW_S``, beyond the fine
+        tolerance) at its node by another pending sound about as loud that no
+        formed shot explains (see :meth:`_index_preceding`)."""
         got = self._unexplained.get(x.node)
         if got is None:
             return True
@@ -1004,6 +994,11 @@ class Associator:
                     n += 1
                     break
         return n >= max(1, 0.5 * len(cand.arrivals))
+
+    def _n_unknowns_2d(self) -> int:
+        """Unknowns fixed by the arrivals alone: x, y, t0, and c when the
+        temperature is unknown (the height has its prior)."""
+        return 3 + (1 if self.c_unknown else 0)
 
     def _n_params(self) -> int:
         """Unknowns of an association solve: x, y, t0, the height (with its prior

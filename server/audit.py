@@ -121,20 +121,19 @@ def _typed(v: Any, column: str) -> str:
         return '["f",' + _json_str(repr(v)) + "]"
     if v is None:
         return "null"
+    return _typed(_plain(v, column), column)
+
+
+def _plain(v: Any, column: str) -> int | float | str | bytes:
+    """``v`` (a numpy scalar, a bool, a subclass or buffer of an allowed type) as
+    the exact builtin type :func:`_typed` encodes."""
     if hasattr(v, "item") and type(v).__module__ == "numpy":   # numpy scalar
-        return _typed(v.item(), column)
-    if isinstance(v, bool):
-        return f'["i",{int(v)}]'
-    if isinstance(v, int):
-        return f'["i",{int(v)}]'
-    if isinstance(v, float):
-        if math.isfinite(v) and v.is_integer() and abs(v) <= _MAX_EXACT_INT_FLOAT:
-            return f'["i",{int(v)}]'
-        return '["f",' + _json_str(repr(float(v))) + "]"
-    if isinstance(v, str):
-        return '["s",' + _json_str(str(v)) + "]"
+        v = v.item()
+    for kind in (int, float, str):          # (bool is an int: True → 1)
+        if isinstance(v, kind):
+            return kind(v)
     if isinstance(v, (bytes, bytearray, memoryview)):
-        return '["b","' + bytes(v).hex() + '"]'
+        return bytes(v)
     raise AuditError(f"column {column}: cannot hash a value of type {type(v).__name__} "
                      "(allowed: None, int, float, str, bytes)")
 

@@ -43,6 +43,15 @@ def _world(seed=3, echo_p=0.3, strays_per_node=3):
     return shots, sorted(arrivals, key=lambda a: a.t_ns)
 
 
+def _associate(arrivals, c=C, **kw):
+    """Every arrival (in time order) through one Associator: (shots, put aside, it)."""
+    assoc = Associator(AssociationConfig(), c, z_source=1.5, **kw)
+    for a in sorted(arrivals, key=lambda a: a.t_ns):
+        assoc.add(a)
+    found, rejected = assoc.step(None)
+    return found, rejected, assoc
+
+
 def _check(found, shots):
     assert len(found) == len(shots)
     got = [((a.t0_ns - REF) / 1e9, a.solution.pos) for a in found]
@@ -99,10 +108,7 @@ def test_mirror_image_of_an_echo_is_not_a_shot():
     for i, r in enumerate(nodes):
         arrivals.append(Arrival(2 * i, f"n{i}", REF + int(np.linalg.norm(r - src) / C * 1e9), 2e-5, r))
         arrivals.append(Arrival(2 * i + 1, f"n{i}", REF + int(np.linalg.norm(r - ghost) / C * 1e9) + 1000, 2e-5, r))
-    assoc = Associator(AssociationConfig(), C, z_source=1.5)
-    for a in sorted(arrivals, key=lambda a: a.t_ns):
-        assoc.add(a)
-    found, _ = assoc.step(None)
+    found = _associate(arrivals)[0]
     assert len(found) == 1
     assert np.linalg.norm(found[0].solution.pos[:2] - src[:2]) < 0.5
 
@@ -124,10 +130,7 @@ def test_the_same_sound_reported_twice_is_one_shot():
     shots = [(np.array([500.0, 600.0, 1.5]), 1.0)]
     arrivals = _shots_to_arrivals(nodes, shots, rng)
     arrivals += [Arrival(100 + a.key, a.node, a.t_ns, a.sigma_s, a.pos) for a in arrivals]
-    assoc = Associator(AssociationConfig(), C, z_source=1.5)
-    for a in sorted(arrivals, key=lambda a: a.t_ns):
-        assoc.add(a)
-    found, rejected = assoc.step(None)
+    found, rejected, assoc = _associate(arrivals)
     assert len(found) == 1 and len(found[0].arrivals) == 8
     assert len(rejected) == 8 and assoc.pending == 0
 
@@ -143,10 +146,7 @@ def test_unknown_temperature_finds_shots_and_the_speed_of_sound():
     shots = [(np.array([300.0, 900.0, 1.5]), 1.0), (np.array([1000.0, 200.0, 1.5]), 3.0)]
     arrivals = _shots_to_arrivals(nodes, shots, rng, c=c_true)
     cands = tuple(speed_of_sound(t) for t in (-10.0, 0.0, 10.0, 20.0, 30.0))
-    assoc = Associator(AssociationConfig(), cands, z_source=1.5)
-    for a in sorted(arrivals, key=lambda a: a.t_ns):
-        assoc.add(a)
-    found, _ = assoc.step(None)
+    found = _associate(arrivals, cands)[0]
     assert len(found) == 2
     for sh, (p, t0) in zip(found, shots):
         assert np.linalg.norm(sh.solution.pos[:2] - p[:2]) < 0.5
@@ -159,10 +159,7 @@ def test_burst_at_15_rounds_per_second_is_separated_into_rounds():
     p = np.array([700.0, 500.0, 1.5])
     shots = [(p, 2.0 + k / 15.0) for k in range(10)]
     arrivals = _shots_to_arrivals(nodes, shots, rng)
-    assoc = Associator(AssociationConfig(), C, z_source=1.5)
-    for a in sorted(arrivals, key=lambda a: a.t_ns):
-        assoc.add(a)
-    found, _ = assoc.step(None)
+    found = _associate(arrivals)[0]
     _check(found, shots)
 
 
@@ -172,10 +169,7 @@ def test_two_shooters_in_the_same_second_are_two_shots_each_round():
     a, b = np.array([250.0, 300.0, 1.5]), np.array([900.0, 850.0, 1.5])
     shots = [(a, 1.0), (a, 1.25), (b, 1.1), (b, 1.45)]
     arrivals = _shots_to_arrivals(nodes, shots, rng)
-    assoc = Associator(AssociationConfig(), C, z_source=1.5)
-    for x in sorted(arrivals, key=lambda x: x.t_ns):
-        assoc.add(x)
-    found, _ = assoc.step(None)
+    found = _associate(arrivals)[0]
     _check(found, shots)
 
 
@@ -187,10 +181,7 @@ def test_urban_timing_scatter_is_learnt_and_tolerated():
     shots = [(np.array([400.0 + 60 * k, 500.0, 1.5]), 1.0 + 0.8 * k) for k in range(6)]
     arrivals = _shots_to_arrivals(nodes, shots, rng, sigma=0.005)
     arrivals = [Arrival(a.key, a.node, a.t_ns, 0.001, a.pos) for a in arrivals]    # they claim 1 ms
-    assoc = Associator(AssociationConfig(), C, z_source=1.5, model_sigma_s=0.0005)
-    for a in sorted(arrivals, key=lambda a: a.t_ns):
-        assoc.add(a)
-    found, _ = assoc.step(None)
+    found, _, assoc = _associate(arrivals, model_sigma_s=0.0005)
     assert len(found) == 6
     assert min(len(s.arrivals) for s in found) >= 14
     for sh, (p, _) in zip(found, shots):

@@ -7,10 +7,10 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import pytest
 
 from common.config import AssociationConfig
 from server.association import Arrival, Associator
+from tests.test_association import _associate
 
 C = 343.0
 REF = 1_700_000_000 * 10**9
@@ -54,10 +54,7 @@ def _windy_burst_world(seed: int):
 
 def test_burst_at_15_rounds_per_second_in_a_windy_town_gives_every_round():
     arrivals, gun, c = _windy_burst_world(4)
-    assoc = Associator(AssociationConfig(), c, z_source=1.5, model_sigma_s=0.5 / c)
-    for a in arrivals:
-        assoc.add(a)
-    found, _ = assoc.step(None)
+    found = _associate(arrivals, c, model_sigma_s=0.5 / c)[0]
     assert len(gun) == 12
     assert len(found) == len(gun)                  # the right count: no round lost, none extra
     for shot in found:                             # each is a round, not a mixture of rounds
@@ -123,15 +120,9 @@ def test_four_node_rounds_of_a_burst_are_located_a_lone_four_node_shot_is_not():
     pattern of times at every node; that repeat is the evidence, and every round
     is located."""
     src, arrivals = _four_node_rounds([1.0, 1.45, 2.2])
-    assoc = Associator(AssociationConfig(), C, z_source=1.5, model_sigma_s=0.0005)
-    for a in arrivals:
-        assoc.add(a)
-    found, _ = assoc.step(None)
+    found = _associate(arrivals, model_sigma_s=0.0005)[0]
     assert len(found) == 3
     for shot in found:
         assert np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 2.0
     _, lone = _four_node_rounds([1.0])
-    assoc = Associator(AssociationConfig(), C, z_source=1.5, model_sigma_s=0.0005)
-    for a in lone:
-        assoc.add(a)
-    assert assoc.step(None)[0] == []
+    assert _associate(lone, model_sigma_s=0.0005)[0] == []

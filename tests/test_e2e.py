@@ -7,14 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from common.config import ServerConfig
 from common.timefmt import ns_to_iso
+from node.wav_source import write_wav
 from server.engine import Engine
 from server.net import IngestServer
 from server.store import Store
@@ -41,14 +40,6 @@ def test_simulated_network_locates_every_round(nodes):
     assert len(incidents) == 3              # the burst is one incident
 
 
-def _write_wav(path: Path, x: np.ndarray, fs: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(fs)
-        w.writeframes(np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes())
-
-
 @pytest.mark.slow
 def test_node_processes_from_wav_files_reach_the_server(tmp_path):
     """Five `earwitness node` processes replay WAVs of a simulated town; the
@@ -70,7 +61,7 @@ def test_node_processes_from_wav_files_reach_the_server(tmp_path):
     for i, nid in enumerate(town.node_ids):
         x = NodeRenderer(scen, town, i, fs, seed=4).render_all()
         wav = tmp_path / f"{nid}.wav"
-        _write_wav(wav, x, fs)
+        write_wav(wav, x, fs)
         conf = tmp_path / f"{nid}.toml"
         conf.write_text(f"""
 [node]

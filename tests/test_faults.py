@@ -28,7 +28,7 @@ import zmq
 
 from common.config import PublisherConfig
 from node.outbox import Outbox, OutboxFullError
-from node.publisher import CurveClientKeys, Publisher
+from node.publisher import Publisher
 from server import audit as A
 from server import keys as K
 from tests.conftest import PROJECT

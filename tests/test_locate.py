@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from common.acoustics import speed_of_sound
 from common.geodesy import LocalFrame
 from common.recording_set import RecordingSet, SetArrival, SetNode
+from node.wav_source import write_wav
 from server.locate import locate_set, pick_events
 
 from conftest import shared_data
@@ -73,14 +71,6 @@ def test_picks_mode_locates_rounds_among_echoes_and_stray_pulses():
     assert len({r.incident for r in reports}) == 1 and [r.round for r in reports] == [1, 2, 3]
 
 
-def _write_wav(path: Path, x: np.ndarray, fs: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(fs)
-        w.writeframes(np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes())
-
-
 def test_audio_mode_at_12_khz_with_digital_silence_padding(tmp_path):
     """Six 12 kHz recordings (as exported: padded with exact zeros) of two
     gunshots in a simulated town, through the node detector and the server."""
@@ -97,7 +87,7 @@ def test_audio_mode_at_12_khz_with_digital_silence_padding(tmp_path):
         x = NodeRenderer(scen, town, i, fs, seed=3).render_all()
         x = np.concatenate([np.zeros(pad), x, np.zeros(pad)])
         path = tmp_path / f"{town.node_ids[i]}.wav"
-        _write_wav(path, x, fs)
+        write_wav(path, x, fs)
         nodes.append(SetNode(id=town.node_ids[i], lat=float(lat[i]), lon=float(lon[i]), alt=float(alt[i]),
                              wav=path, start_utc_ns=scen.start_utc_ns - int(pad / fs * 1e9)))
     rs = RecordingSet(path=None, temperature_c=scen.temperature_c, nodes=tuple(nodes))

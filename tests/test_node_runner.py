@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from common.config import AudioConfig, GpsConfig, NodeConfig, Position, PublisherConfig, TimebaseConfig
-from node.audio import AudioBlock, AudioDeviceError, EndOfStream
+from node.audio import AudioBlock, AudioDeviceError
 from node.outbox import Outbox
 from node.pipeline import NodeRunner, backoff_s
 from node.timebase import FixedTimebase

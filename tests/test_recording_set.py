@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,12 @@ from common.recording_set import (
     write_set,
 )
 from common.timefmt import iso_to_ns
+from node.wav_source import write_wav
 
 
 def _wav(path: Path, seconds: float = 0.01, rate: int = 12_000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.zeros(int(seconds * rate), dtype="<i2").tobytes())
-    return path
+    return write_wav(path, np.zeros(int(seconds * rate)), rate)
 
 
 def _valid(tmp_path: Path) -> dict:
