@@ -60,7 +60,8 @@ Among the candidates of the ready seeds the best is formed first, so that an
 echo or a stray sound cannot take arrivals from a real shot: the most arrivals
 that are the first sound their node heard (not preceded, within
 ``ECHO_WINDOW_S``, by a sound as loud that no formed shot explains), then a
-repeat of a formed shot's position, then the most arrivals, then the largest core.
+repeat of a formed shot's position, then the most arrivals, then the largest core,
+then (when still alike) the far smaller chance alignment, then the better fit.
 A seed that is part of a viable candidate is not searched itself (it would find
 the same shot). When a shot is formed, the arrivals it left at its nodes within
 the fine tolerance are duplicates of its own and are put aside, and the pending
@@ -137,6 +138,9 @@ FINE_FRACTION = 0.125
 FINE_HALF_STEPS = 1.5
 #: Fine peaks scoring below this fraction of the seed's best are not refined.
 PEAK_FRACTION = 0.6
+#: Of two candidates alike in arrivals, the one far less likely to be a chance
+#: alignment (by more than this factor) is the better; otherwise the better fit.
+CHANCE_TIE = 100.0
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,8 @@ class Associator:
         #: came before a candidate's arrivals (see :meth:`_echo_lineup`).
         self._heard: dict[str, list[tuple[int, float]]] = {}
         self._unexplained: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        #: :meth:`_is_first` answers for the current index, by (arrival key, pending version).
+        self._first_memo: dict[tuple[int, int], bool] = {}
         #: The network's timing-error scale (× the a-priori σ), learnt from recent
         #: well-determined shots: widens the fine tolerance where the deployment's
         #: timing is worse than its nodes claim (positions, wind, urban paths).
@@ -543,17 +549,33 @@ class Associator:
             first = {n: kept for n, arr in cands.items() if (kept := [a for a in arr if self._is_first(a)])}
             if len(first) + 1 >= self.cfg.min_nodes and sum(map(len, first.values())) < sum(map(len, cands.values())):
                 searches.append(first)
+        priced: list[Association] = []      # candidates whose chance is computed
+
+        def price(x: Association) -> Association:
+            if any(x is y for y in priced):
+                return x
+            x = replace(x, chance=self._chance(x, cands))
+            priced.append(x)
+            return x
+
+        best_key = None
         for pool in searches:
             for p, c in self._peaks(seed, pool):
                 cand = self._refine(seed, pool, p, c)
-                if cand is not None and (best is None or self._better(cand, best)):
-                    best = cand
+                if cand is None:
+                    continue
+                key = self._rank(cand)
+                if best is not None and key == best_key:
+                    # alike in arrivals: the chance alignment decides (see _better)
+                    cand, best = price(cand), price(best)
+                if best is None or key > best_key or (key == best_key and self._better(cand, best)):
+                    best, best_key = cand, key
         if best is None or not self._enough_nodes(best) or not self._consistent(best):
             return None
-        chance = self._chance(best, cands)
-        if chance > self.cfg.max_chance:
+        best = price(best)
+        if best.chance > self.cfg.max_chance:
             return None
-        return replace(best, chance=chance)
+        return best
 
     def _peaks(self, seed: Arrival, cands: dict[str, list[Arrival]]) -> list[tuple[np.ndarray, float]]:
         """The best (position, speed of sound) starting points for ``seed``:
@@ -696,7 +718,10 @@ class Associator:
         times across the nodes. For unrelated sounds, once Δ is fixed by one of the
         seed node's other sounds (``n_delays`` choices), each other node matches
         with probability q = 2·τ·λ (λ: its rate of sounds within
-        ``REPEAT_WINDOW_S``); the factor is ``n_delays`` × Π q. It lets a
+        ``REPEAT_WINDOW_S``); when k of the delays are matched at every node, the
+        factor is C(``n_delays``, k) × (Π q)^k — each further round repeated is
+        further evidence (a line-up that mixes rounds repeats less often than
+        the rounds themselves: it runs out of rounds at one end). It lets a
         few-node shot that is one of several rounds stand out from a chance
         line-up, where a single redundant arrival cannot. (Every node must
         repeat: with fewer, the repeated line-ups of echoes and of mixed rounds
@@ -714,11 +739,11 @@ class Associator:
         for x in others:
             n = int(np.count_nonzero(np.abs(arr[x.node] - x.t_ns) <= window_ns))
             rates.append(n / (2.0 * REPEAT_WINDOW_S))
-        for d in deltas:
-            if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others):
-                q = [min(1.0, 2.0 * tol_ns * 1e-9 * r) for r in rates]
-                return float(min(1.0, len(deltas) * np.prod(q)))
-        return 1.0
+        k = sum(1 for d in deltas if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others))
+        if k == 0:
+            return 1.0
+        q = float(np.prod([min(1.0, 2.0 * tol_ns * 1e-9 * r) for r in rates]))
+        return float(min(1.0, math.comb(len(deltas), k) * q**k))
 
     def _thin_and_late(self, cand: Association) -> bool:
         """``cand`` has a single arrival beyond its unknowns (x, y, t0, and c when
@@ -733,10 +758,20 @@ class Associator:
     def _better(self, a: Association, b: Association) -> bool:
         """Ranking: most arrivals that are first at their node (see
         :meth:`_preceded`), then a repeat of a formed shot's position (a burst),
-        then most arrivals, then the largest core, then the smallest rms."""
-        ka = (a.solution.n_used - self._preceded(a), self._repeat(a), a.solution.n_used, a.n_core)
-        kb = (b.solution.n_used - self._preceded(b), self._repeat(b), b.solution.n_used, b.n_core)
-        return ka > kb or (ka == kb and a.solution.rms_s < b.solution.rms_s)
+        then most arrivals, then the largest core, then the far smaller chance
+        alignment (by more than ``CHANCE_TIE``: e.g. a shot whose timing the
+        other rounds of its burst repeat), then the smallest rms. With a single
+        redundant arrival the rms is one residual: it says little."""
+        ka, kb = self._rank(a), self._rank(b)
+        if ka != kb:
+            return ka > kb
+        if not (b.chance <= CHANCE_TIE * a.chance and a.chance <= CHANCE_TIE * b.chance):
+            return a.chance < b.chance
+        return a.solution.rms_s < b.solution.rms_s
+
+    def _rank(self, cand: Association) -> tuple[int, bool, int, int]:
+        """The part of :meth:`_better`'s ranking that comes before the chance."""
+        return (cand.solution.n_used - self._preceded(cand), self._repeat(cand), cand.solution.n_used, cand.n_core)
 
     def _repeat(self, cand: Association) -> bool:
         """``cand`` is another round from where a formed shot was, shortly before
@@ -765,6 +800,7 @@ class Associator:
             idx.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs))
         self._unexplained = {n: (np.array([t for t, _ in v], dtype=np.int64), np.array([lv for _, lv in v]))
                              for n, v in idx.items()}
+        self._first_memo = {}
 
     def _preceded(self, cand: Association) -> int:
         """How many of ``cand``'s arrivals come shortly (≤ ``ECHO_WINDOW_S``) after
@@ -782,10 +818,15 @@ class Associator:
         got = self._unexplained.get(x.node)
         if got is None:
             return True
-        t, level = got
-        fine = self._fine_tolerance() * 1e9
-        return not np.any((t < x.t_ns - fine) & (t >= x.t_ns - ECHO_WINDOW_S * 1e9)
-                          & (level >= x.peak_dbfs - PRECEDE_DB))
+        memo = (x.key, self._pver)
+        first = self._first_memo.get(memo)
+        if first is None:
+            t, level = got
+            fine = self._fine_tolerance() * 1e9
+            first = not bool(np.any((t < x.t_ns - fine) & (t >= x.t_ns - ECHO_WINDOW_S * 1e9)
+                                    & (level >= x.peak_dbfs - PRECEDE_DB)))
+            self._first_memo[memo] = first
+        return first
 
     def _sigma(self, arrivals: list[Arrival]) -> np.ndarray:
         return np.sqrt(np.array([a.sigma_s for a in arrivals]) ** 2 + self.model_sigma_s**2)
@@ -852,9 +893,12 @@ class Associator:
         sol: Solution | None = None
         chosen: list[Arrival] = []
         for tol in (fine + step_m * FINE_FRACTION * 1.5 / c, fine):
+            prev = chosen
             chosen = [seed] + self._pick(seed, cands, p, t0, c, tol)
             if len(chosen) < cfg.min_nodes:
                 return None
+            if sol is not None and len(chosen) == len(prev) and all(a is b for a, b in zip(chosen, prev)):
+                continue            # the same arrivals: the solve from its own solution gives it again
             sol = self._solve(seed, chosen, c, p, fit_c=self.c_unknown, robust=False)
             if sol is None:
                 return None
@@ -948,9 +992,10 @@ class Associator:
             chance = min(self._chance(cand, cands), self._repeat_chance(cand, cands, shot, tried))
             if chance > self.cfg.max_chance:
                 continue
+            cand = replace(cand, chance=chance)
             old = cache.get(a.key)
             if old is None or self._better(cand, old):
-                cache[a.key] = replace(cand, chance=chance)
+                cache[a.key] = cand
                 self._seed_t[a.key] = a.t_ns
 
     def _repeat_chance(self, cand: Association, cands: dict[str, list[Arrival]], shot: Association,

@@ -126,3 +126,38 @@ def test_four_node_rounds_of_a_burst_are_located_a_lone_four_node_shot_is_not():
         assert np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 2.0
     _, lone = _four_node_rounds([1.0])
     assert _associate(lone, model_sigma_s=0.0005)[0] == []
+
+
+def test_each_further_round_of_a_burst_is_further_evidence():
+    """A line-up that mixes rounds (round k at one node, k + 1 at the others) is
+    repeated by a regular burst too, but it runs out of rounds at one end: the
+    true rounds are repeated more often. Each round that repeats a candidate's
+    timing must lower its chance of being a coincidence, not just the first."""
+    _, two = _four_node_rounds([1.0, 1.45])
+    _, three = _four_node_rounds([1.0, 1.45, 1.9])
+    f2 = _associate(two, model_sigma_s=0.0005)[0]
+    f3 = _associate(three, model_sigma_s=0.0005)[0]
+    assert len(f2) == 2 and len(f3) == 3
+    # the first round: repeated once in the two-round burst, twice in the three-round one
+    assert f3[0].chance < 0.01 * f2[0].chance
+
+
+def test_of_two_like_candidates_the_far_less_likely_coincidence_wins():
+    """Alike in arrivals and core, two candidates are ranked by their chance
+    alignment when it differs by more than CHANCE_TIE (with one redundant
+    arrival the rms is a single residual); otherwise by the better fit."""
+    from dataclasses import replace
+
+    from server.association import CHANCE_TIE, Association
+    from server.solver import solve
+
+    src, arrivals = _four_node_rounds([1.0])
+    assoc = Associator(AssociationConfig(), C, z_source=1.5)
+    rec = np.array([a.pos for a in arrivals])
+    ts = np.array([(a.t_ns - REF) * 1e-9 for a in arrivals])
+    sol = solve(rec, ts, 2e-4, C, z_source=1.5)
+    evidence = Association(tuple(arrivals), sol, REF, n_core=4, chance=1e-9)
+    tight = Association(tuple(arrivals), replace(sol, rms_s=sol.rms_s / 10), REF, n_core=4, chance=1e-3)
+    assert assoc._better(evidence, tight) and not assoc._better(tight, evidence)
+    alike = replace(evidence, chance=tight.chance / (0.5 * CHANCE_TIE))
+    assert assoc._better(tight, alike) and not assoc._better(alike, tight)
