@@ -182,8 +182,9 @@ def readme_table(rows: list[tuple[str, str, float, float, float, int, int]], rou
             "| false | extra |")
     lines = [head, "|---|---|---|---|---|---|"]
     for what, _, recall, med, w15, false, extra in rows:
-        fmt = (lambda v, f: "—" if v != v or v < 0 else format(v, f))
-        lines.append(f"| {what} | {fmt(100 * recall, '.1f')} % | {fmt(med, '.1f')} m | {fmt(100 * w15, '.1f')} % | "
+        fmt = (lambda v, f, unit: "—" if v != v or v < 0 else format(v, f) + unit)
+        lines.append(f"| {what} | {fmt(100 * recall, '.1f', ' %')} | {fmt(med, '.1f', ' m')} | "
+                     f"{fmt(100 * w15, '.1f', ' %')} | "
                      f"{false if false >= 0 else '—'} | {extra if extra >= 0 else '—'} |")
     return "\n".join(lines)
 
@@ -225,6 +226,58 @@ def facts(tests: list[ShotSpotterTest]) -> str:
                          f"(kept the earliest): " + ", ".join(later))
         for note in notes:
             lines.append(f"{t.firing_position}/{t.name}: {note}")
+    return "\n".join(lines)
+
+
+def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
+    """What audio mode can reach at most, from the labels (scoring facts only).
+
+    Per firing position: labelled rounds, and how many have their labelled pulse
+    at ≥ 3 / ≥ 4 / ≥ 5 of the test's WAV sensors (2-D position + emission time
+    are 3 unknowns: 3 arrivals fix a source with nothing to check it against;
+    4 give one redundant arrival); then, for the rounds labelled at ≥ 5 WAV
+    sensors, how well those labelled (ShotSpotter-picked) arrivals fit one source
+    at all: rms and largest residual of the project solver's best fit (height
+    with its prior, the scoring speed of sound), medians."""
+    from server.solver import solve
+
+    head = (f"{'FP':<4} {'rounds':>6} {'≥3 WAV':>7} {'≥4 WAV':>7} {'≥5 WAV':>7}  "
+            f"{'rms ms (≥5)':>11} {'max |res| ms':>12}")
+    lines = [head]
+    tot = np.zeros(4, dtype=int)
+    all_rms: list[float] = []
+    all_max: list[float] = []
+    for fp in sorted({t.firing_position for t in tests}):
+        counts = np.zeros(4, dtype=int)
+        rms: list[float] = []
+        worst: list[float] = []
+        for t in (t for t in tests if t.firing_position == fp):
+            wav = {n.id for n in t.recording_set.nodes if n.wav is not None}
+            for s in t.shots:
+                k = [i for i, n in enumerate(s.node_ids) if n in wav]
+                counts += [1, len(k) >= 3, len(k) >= 4, len(k) >= 5]
+                if len(k) < 5:
+                    continue
+                rec = s.receivers_enu[k] - s.receivers_enu[k].mean(axis=0)
+                ts = (s.t_arrival_ns[k] - s.t_arrival_ns[k].min()) * 1e-9
+                z = rec[:, 2]
+                relief = 1.4826 * float(np.median(np.abs(z - np.median(z))))
+                sol = solve(rec, ts, 0.001, t.c_mps, z_prior=(float(np.median(z)) - 3.5, math.hypot(3.0, relief)),
+                            min_used=len(k), max_reject=0)
+                if sol is not None:
+                    rms.append(sol.rms_s * 1e3)
+                    worst.append(float(np.max(np.abs(sol.residuals_s))) * 1e3)
+        tot += counts
+        all_rms += rms
+        all_max += worst
+        med = (lambda v: f"{np.median(v):.1f}" if v else "—")
+        lines.append(f"{fp:<4} {counts[0]:>6} {counts[1]:>7} {counts[2]:>7} {counts[3]:>7}  {med(rms):>11} "
+                     f"{med(worst):>12}")
+    med = (lambda v: f"{np.median(v):.1f}" if v else "—")
+    lines.append(f"{'all':<4} {tot[0]:>6} {tot[1]:>7} {tot[2]:>7} {tot[3]:>7}  {med(all_rms):>11} {med(all_max):>12}")
+    if tot[0]:
+        lines.append(f"labelled at ≥ 4 WAV sensors: {100 * tot[2] / tot[0]:.1f} % of labelled rounds "
+                     f"(≥ 3: {100 * tot[1] / tot[0]:.1f} %)")
     return "\n".join(lines)
 
 
@@ -291,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries = summarize_by_group(run_locator(tests, mode, args.jobs, cfg))
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
+        if mode == "audio":
+            print("\nwhat audio mode can reach (from the labels; scoring facts only)\n" + audio_ceiling(tests))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
         a = summaries[-1]
         label = {"picks": "picks mode: all ~20 sensors' pulses, echoes included, our association",
