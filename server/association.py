@@ -49,7 +49,9 @@ comes from the same place); and a line-up whose arrivals mostly follow louder
 sounds at the same nodes is echoes (``ECHO_LEVEL_DB``). A candidate with a single
 arrival beyond its unknowns must be made of first sounds (see below;
 :meth:`Associator._thin_and_late`); its chance alignment is made smaller by a
-burst's repeat of its timing (:meth:`Associator._repeat_factor`).
+burst's repeat of its timing (:meth:`Associator._repeat_factor`). A candidate made
+only of first sounds is priced among the line-ups of first sounds (the smaller of
+that and the count over every arrival).
 
 A seed that is the first sound at its node is also searched among the other
 nodes' first sounds only: in a fast burst with timing errors of a few ms,
@@ -573,6 +575,10 @@ class Associator:
         if best is None or not self._enough_nodes(best) or not self._consistent(best):
             return None
         best = price(best)
+        if len(searches) > 1 and all(self._is_first(a) for a in best.arrivals):
+            # made of first sounds only: it is one of the line-ups of first sounds,
+            # so that is the population a coincidence would have come from
+            best = replace(best, chance=min(best.chance, self._chance(best, searches[1])))
         if best.chance > self.cfg.max_chance:
             return None
         return best
