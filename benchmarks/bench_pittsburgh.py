@@ -133,19 +133,6 @@ def _solver_c(t: ShotSpotterTest) -> float:
     return speed_of_sound(t.recording_set.temperature_c)
 
 
-def server_config(model_sigma_ms: float | None, max_chance: float | None):
-    """The server configuration the locator runs with: the defaults, or the given
-    model timing error (ms) and chance-alignment threshold."""
-    from common.config import ServerConfig
-
-    cfg = ServerConfig(database=":memory:", allow_plaintext=True)
-    if model_sigma_ms is not None:
-        cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, model_sigma_s=model_sigma_ms * 1e-3))
-    if max_chance is not None:
-        cfg = dataclasses.replace(cfg, association=dataclasses.replace(cfg.association, max_chance=max_chance))
-    return cfg
-
-
 def _locate_one(args) -> TestScore:
     """Locate one test blind (no truth, only the mode's data) and score it."""
     from server.locate import locate_set
@@ -238,8 +225,13 @@ def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
     4 give one redundant arrival); then, for the rounds labelled at ≥ 5 WAV
     sensors, how well those labelled (ShotSpotter-picked) arrivals fit one source
     at all: rms and largest residual of the project solver's best fit (height
-    with its prior, the scoring speed of sound), medians."""
+    with the server's prior, the scoring speed of sound), medians."""
+    from common.config import SolverConfig
+    from server.association import height_prior
     from server.solver import solve
+
+    scfg = SolverConfig()
+    med = (lambda v: f"{np.median(v):.1f}" if v else "—")
 
     head = (f"{'FP':<4} {'rounds':>6} {'≥3 WAV':>7} {'≥4 WAV':>7} {'≥5 WAV':>7}  "
             f"{'rms ms (≥5)':>11} {'max |res| ms':>12}")
@@ -261,19 +253,17 @@ def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
                 rec = s.receivers_enu[k] - s.receivers_enu[k].mean(axis=0)
                 ts = (s.t_arrival_ns[k] - s.t_arrival_ns[k].min()) * 1e-9
                 z = rec[:, 2]
-                relief = 1.4826 * float(np.median(np.abs(z - np.median(z))))
-                sol = solve(rec, ts, 0.001, t.c_mps, z_prior=(float(np.median(z)) - 3.5, math.hypot(3.0, relief)),
-                            min_used=len(k), max_reject=0)
+                ground = float(np.median(z)) - scfg.node_height_m     # as the engine takes it
+                prior = height_prior(z, ground + scfg.source_height_m, scfg.height_sigma_m)
+                sol = solve(rec, ts, 0.001, t.c_mps, z_prior=prior, min_used=len(k), max_reject=0)
                 if sol is not None:
                     rms.append(sol.rms_s * 1e3)
                     worst.append(float(np.max(np.abs(sol.residuals_s))) * 1e3)
         tot += counts
         all_rms += rms
         all_max += worst
-        med = (lambda v: f"{np.median(v):.1f}" if v else "—")
         lines.append(f"{fp:<4} {counts[0]:>6} {counts[1]:>7} {counts[2]:>7} {counts[3]:>7}  {med(rms):>11} "
                      f"{med(worst):>12}")
-    med = (lambda v: f"{np.median(v):.1f}" if v else "—")
     lines.append(f"{'all':<4} {tot[0]:>6} {tot[1]:>7} {tot[2]:>7} {tot[3]:>7}  {med(all_rms):>11} {med(all_max):>12}")
     if tot[0]:
         lines.append(f"labelled at ≥ 4 WAV sensors: {100 * tot[2] / tot[0]:.1f} % of labelled rounds "
@@ -340,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             status = 2
             continue
         t1 = time.perf_counter()
-        cfg = server_config(args.model_sigma_ms, args.max_chance)
+        from server.locate import replay_config
+
+        cfg = replay_config(args.model_sigma_ms, args.max_chance)
         summaries = summarize_by_group(run_locator(tests, mode, args.jobs, cfg))
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))

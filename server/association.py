@@ -215,6 +215,14 @@ class Grid:
         return d
 
 
+def height_prior(node_z: np.ndarray, z0: float, z_sigma: float) -> tuple[float, float]:
+    """(z0, σ) m of a source height prior around ``z0``: σ is ``z_sigma``
+    widened by the spread (1.4826 × MAD) of the nodes' heights ``node_z`` (n,) m."""
+    z = np.asarray(node_z, dtype=float)
+    relief = 1.4826 * float(np.median(np.abs(z - np.median(z))))
+    return (float(z0), float(math.hypot(z_sigma, relief)))
+
+
 class Associator:
     """Streaming associator. ``add`` arrivals, ``step(watermark_ns)`` to decide."""
 
@@ -349,8 +357,7 @@ class Associator:
         if self.z_sigma is None or self.z_source is None:
             return None
         z = np.array([p[2] for p in self._nodes.values()]) if self._nodes else np.zeros(1)
-        relief = 1.4826 * float(np.median(np.abs(z - np.median(z))))
-        return (float(self.z_source), float(math.hypot(self.z_sigma, relief)))
+        return height_prior(z, self.z_source, self.z_sigma)
 
     def note_wind(self, wind_mps: tuple[float, float], cov: np.ndarray, prior_sigma_mps: float) -> None:
         """Pool one shot's wind estimate (east, north m/s; covariance (2, 2), from a
@@ -551,34 +558,31 @@ class Associator:
             first = {n: kept for n, arr in cands.items() if (kept := [a for a in arr if self._is_first(a)])}
             if len(first) + 1 >= self.cfg.min_nodes and sum(map(len, first.values())) < sum(map(len, cands.values())):
                 searches.append(first)
-        priced: list[Association] = []      # candidates whose chance is computed
-
-        def price(x: Association) -> Association:
-            if any(x is y for y in priced):
-                return x
-            x = replace(x, chance=self._chance(x, cands))
-            priced.append(x)
-            return x
-
         best_key = None
+        priced = False                      # best.chance computed (see _better)
         for pool in searches:
             for p, c in self._peaks(seed, pool):
                 cand = self._refine(seed, pool, p, c)
                 if cand is None:
                     continue
                 key = self._rank(cand)
-                if best is not None and key == best_key:
+                if best is None or key > best_key:
+                    best, best_key, priced = cand, key, False
+                elif key == best_key:
                     # alike in arrivals: the chance alignment decides (see _better)
-                    cand, best = price(cand), price(best)
-                if best is None or key > best_key or (key == best_key and self._better(cand, best)):
-                    best, best_key = cand, key
+                    if not priced:
+                        best, priced = replace(best, chance=self._chance(best, cands)), True
+                    cand = replace(cand, chance=self._chance(cand, cands))
+                    if self._better(cand, best):
+                        best = cand
         if best is None or not self._enough_nodes(best) or not self._consistent(best):
             return None
-        best = price(best)
         if len(searches) > 1 and all(self._is_first(a) for a in best.arrivals):
             # made of first sounds only: it is one of the line-ups of first sounds,
-            # so that is the population a coincidence would have come from
-            best = replace(best, chance=min(best.chance, self._chance(best, searches[1])))
+            # so that is the population a coincidence would have come from too
+            best = replace(best, chance=self._chance(best, cands, searches[1]))
+        elif not priced:
+            best = replace(best, chance=self._chance(best, cands))
         if best.chance > self.cfg.max_chance:
             return None
         return best
@@ -672,9 +676,11 @@ class Associator:
         near = sum(1 for n, d in dist.items() if d <= reach)
         return len(heard) >= max(self.cfg.min_nodes, int(np.ceil(self.cfg.min_fraction * near)))
 
-    def _chance(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
+    def _chance(self, cand: Association, *pools: dict[str, list[Arrival]]) -> float:
         """Expected number of chance alignments as good as ``cand`` among the
-        arrivals around its seed, if none of them came from a common source.
+        arrivals around its seed (each of ``pools``: per other node, the arrivals
+        it could be made of; the smallest count of them is taken), if none of
+        them came from a common source.
 
         The seed and ``u − 1`` arrivals at other nodes (u unknowns: x, y, t0, and
         c when the temperature is unknown) always fit some source; each further
@@ -686,6 +692,10 @@ class Associator:
         the largest residual among them). A real shot heard by many nodes scores
         far below ``max_chance``; a few stray sounds that happen to line up, in a
         busy neighbourhood, do not."""
+        return min(self._chance_count(cand, cands) for cands in pools) * self._repeat_factor(cand)
+
+    def _chance_count(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
+        """:meth:`_chance` among one pool, before a burst's evidence."""
         u = self._n_unknowns_2d()
         slack = self._extend_tolerance() + 0.01
         seed = cand.arrivals[0]
@@ -711,7 +721,7 @@ class Associator:
             extras = math.comb(others - (u - 1), k_extra)
             overlap = math.comb(k - 1, u - 1)
             out = min(out, float(tuples * extras * np.prod(q) / overlap))
-        return out * self._repeat_factor(cand)
+        return out
 
     def _repeat_factor(self, cand: Association) -> float:
         """Evidence from a burst: the probability that, by chance, other recent

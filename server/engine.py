@@ -322,12 +322,13 @@ class Engine:
         fit_w = scfg.fit_wind_min_nodes > 0 and n >= scfg.fit_wind_min_nodes
         t_ns = np.array([a.t_ns for a in shot.arrivals], dtype=np.int64)
         refined = False
-        if scfg.refine_xcorr and sum(a.snippet is not None and a.snippet.size > 0 for a in shot.arrivals) >= 2:
+        has = [a.snippet is not None and a.snippet.size > 0 for a in shot.arrivals]
+        if scfg.refine_xcorr and sum(has) >= 2:
             # cross-correlate the event snippets: a refinement of the picks (server/tdoa.py)
             from server.tdoa import Snippet, refine_times
 
-            snips = [Snippet(a.snippet, a.snippet_t0_ns, a.sample_rate_hz, a.t_ns)
-                     if a.snippet is not None and a.snippet.size > 0 else None for a in shot.arrivals]
+            snips = [Snippet(a.snippet, a.snippet_t0_ns, a.sample_rate_hz, a.t_ns) if h else None
+                     for a, h in zip(shot.arrivals, has)]
             t_ns, changed = refine_times(snips)
             refined = bool(changed.any())
         if not fit_c and not fit_w and assoc.wind_sigma_mps is None and not refined:

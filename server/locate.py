@@ -98,7 +98,7 @@ def choose_mode(rs: RecordingSet, mode: Mode) -> Literal["picks", "audio"]:
 
 def server_config_for(rs: RecordingSet, base: ServerConfig | None = None) -> ServerConfig:
     """The server config a replay uses: the set's temperature; no clock check."""
-    base = base or ServerConfig(database=":memory:", allow_plaintext=True)
+    base = base or replay_config()
     return replace(base, temperature_c=rs.temperature_c if rs.temperature_c is not None else base.temperature_c,
                    max_clock_skew_s=0.0)
 
@@ -154,18 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def replay_config(model_sigma_ms: float | None = None, max_chance: float | None = None) -> ServerConfig:
+    """The server config a replay starts from: the defaults (in-memory, no
+    keys), or the given model timing error (ms) and chance-alignment threshold."""
+    cfg = ServerConfig(database=":memory:", allow_plaintext=True)
+    if model_sigma_ms is not None:
+        cfg = replace(cfg, solver=replace(cfg.solver, model_sigma_s=model_sigma_ms * 1e-3))
+    if max_chance is not None:
+        cfg = replace(cfg, association=replace(cfg.association, max_chance=max_chance))
+    return cfg
+
+
 def cli_server_config(args: argparse.Namespace) -> ServerConfig:
     """The server config from the command line's options (defaults otherwise)."""
-    cfg = ServerConfig(database=":memory:", allow_plaintext=True)
-    if args.model_sigma_ms is not None:
-        if not args.model_sigma_ms >= 0:
-            raise RecordingSetError(f"--model-sigma-ms {args.model_sigma_ms}: must be >= 0 ms")
-        cfg = replace(cfg, solver=replace(cfg.solver, model_sigma_s=args.model_sigma_ms * 1e-3))
-    if args.max_chance is not None:
-        if not args.max_chance > 0:
-            raise RecordingSetError(f"--max-chance {args.max_chance}: must be > 0")
-        cfg = replace(cfg, association=replace(cfg.association, max_chance=args.max_chance))
-    return cfg
+    if args.model_sigma_ms is not None and not args.model_sigma_ms >= 0:
+        raise RecordingSetError(f"--model-sigma-ms {args.model_sigma_ms}: must be >= 0 ms")
+    if args.max_chance is not None and not args.max_chance > 0:
+        raise RecordingSetError(f"--max-chance {args.max_chance}: must be > 0")
+    return replay_config(args.model_sigma_ms, args.max_chance)
 
 
 def _progress_bar(done: int, total: int) -> None:
