@@ -63,7 +63,10 @@ echo or a stray sound cannot take arrivals from a real shot: the most arrivals
 that are the first sound their node heard (not preceded, within
 ``ECHO_WINDOW_S``, by a sound as loud that no formed shot explains), then a
 repeat of a formed shot's position, then the most arrivals, then the largest core,
-then (when still alike) the far smaller chance alignment, then the better fit.
+then, of two on the same nodes, the one whose differing arrivals are all earlier (the
+direct sound arrives first; a reflection louder than a blocked direct sound lines up
+with the other nodes into a ghost nearby), then (when still alike) the far smaller
+chance alignment, then the better fit.
 A seed that is part of a viable candidate is not searched itself (it would find
 the same shot). When a shot is formed, the arrivals it left at its nodes within
 the fine tolerance are duplicates of its own and are put aside, and the pending
@@ -72,8 +75,9 @@ burst, up to ``REPEAT_WINDOW_S`` away) are searched again from its position — 
 burst at 15 rounds/s is ambiguous for the grid search but not for this; from a
 known position only the emission time is unknown, which is what their chance
 alignment is computed for (:meth:`Associator._repeat_chance`). A formed shot
-explains the weaker sounds trailing it at its nodes (its echoes), not the next
-rounds, which are as loud.
+explains the sounds trailing it at its nodes that are weaker, or heard at one node
+alone (its echoes), not the next rounds, which are as loud and reach every node the
+same delay later.
 
 The network's timing scale (how much worse than the nodes' own σ the shots fit)
 is learnt from formed shots with spare arrivals and widens the fine tolerance;
@@ -774,13 +778,20 @@ class Associator:
     def _better(self, a: Association, b: Association) -> bool:
         """Ranking: most arrivals that are first at their node (see
         :meth:`_preceded`), then a repeat of a formed shot's position (a burst),
-        then most arrivals, then the largest core, then the far smaller chance
-        alignment (by more than ``CHANCE_TIE``: e.g. a shot whose timing the
-        other rounds of its burst repeat), then the smallest rms. With a single
-        redundant arrival the rms is one residual: it says little."""
+        then most arrivals, then the largest core, then, of two candidates on the
+        same nodes, the one whose arrivals where they differ are all earlier
+        (:func:`_earlier_path`), then the far smaller chance alignment (by more
+        than ``CHANCE_TIE``: e.g. a shot whose timing the other rounds of its
+        burst repeat), then the smallest rms. With a single redundant arrival
+        the rms is one residual: it says little."""
         ka, kb = self._rank(a), self._rank(b)
         if ka != kb:
             return ka > kb
+        tol_ns = self._fine_tolerance() * 1e9
+        if _earlier_path(a, b, tol_ns):
+            return True
+        if _earlier_path(b, a, tol_ns):
+            return False
         if not (b.chance <= CHANCE_TIE * a.chance and a.chance <= CHANCE_TIE * b.chance):
             return a.chance < b.chance
         return a.solution.rms_s < b.solution.rms_s
@@ -799,24 +810,41 @@ class Associator:
     def _index_preceding(self) -> None:
         """Index, per node, the pending arrivals not explained as echoes of a formed
         shot: trailing its arrival at that node by at most ``ECHO_WINDOW_S`` and
-        weaker than it (by ``PRECEDE_DB``; any, when the arrivals carry no levels,
-        e.g. picks from another system). An echo is weaker than its sound; the
-        next round of a burst is as loud, and stays a sound that later
-        line-ups at its node come after."""
+        either weaker than it (by ``PRECEDE_DB``; any, when the arrivals carry no
+        levels, e.g. picks from another system) or not repeated at the shot's
+        other nodes (:meth:`_round_delay`). An echo is weaker than its sound,
+        or, where a wall reflects more than a building blocking the direct path
+        lets through, louder but heard at that node alone; the next round of a
+        burst is as loud and reaches every node the same delay later, and stays
+        a sound that later line-ups at its node come after."""
         window = ECHO_WINDOW_S * 1e9
-        trail: dict[str, list[tuple[int, float]]] = {}
+        trail: dict[str, list[tuple[int, float, Association]]] = {}
         for shot in self._recent:
             for x in shot.arrivals:
-                trail.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs))
+                trail.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs, shot))
+        heard = {n: np.array([t for t, _ in v], dtype=np.int64) for n, v in self._heard.items()}
         idx: dict[str, list[tuple[int, float]]] = {}
         for x in self._pending:
-            if any(0 < x.t_ns - t <= window and (x.peak_dbfs == 0.0 or x.peak_dbfs <= lv - PRECEDE_DB)
-                   for t, lv in trail.get(x.node, ())):
+            if any(0 < x.t_ns - t <= window
+                   and (x.peak_dbfs == 0.0 or x.peak_dbfs <= lv - PRECEDE_DB
+                        or not self._round_delay(shot, x.node, x.t_ns - t, heard))
+                   for t, lv, shot in trail.get(x.node, ())):
                 continue
             idx.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs))
         self._unexplained = {n: (np.array([t for t, _ in v], dtype=np.int64), np.array([lv for _, lv in v]))
                              for n, v in idx.items()}
         self._first_memo = {}
+
+    def _round_delay(self, shot: Association, node: str, delay_ns: int, heard: dict[str, np.ndarray]) -> bool:
+        """A sound ``delay_ns`` after ``shot``'s arrival at ``node`` could be its
+        burst's next round: at least half of the shot's other nodes heard
+        something the same delay after their arrival (within the fine
+        tolerance). A reflection is heard at its own node only."""
+        fine = self._fine_tolerance() * 1e9
+        others = [a for a in shot.arrivals if a.node != node]
+        hits = sum(1 for a in others
+                   if a.node in heard and np.any(np.abs(heard[a.node] - (a.t_ns + delay_ns)) <= fine))
+        return 2 * hits >= len(others)
 
     def _preceded(self, cand: Association) -> int:
         """How many of ``cand``'s arrivals come shortly (≤ ``ECHO_WINDOW_S``) after
@@ -1136,6 +1164,21 @@ def _mirrors(ghost: Association, shot: Association) -> bool:
     first = {a.node: a.t_ns for a in shot.arrivals}
     common = [a for a in ghost.arrivals if a.node in first]
     return bool(common) and all(a.t_ns > first[a.node] for a in common)
+
+
+def _earlier_path(a: Association, b: Association, tol_ns: float) -> bool:
+    """``a`` and ``b`` use the same nodes, differ at some (by more than
+    ``tol_ns``), and wherever they differ ``a``'s arrival is the earlier. With
+    few nodes a reflection (louder, where a building blocks the direct path)
+    lines up with the other nodes' direct sounds into a ghost source nearby
+    that fits as well as the shot; but the direct sound is the first to arrive,
+    so of the two the earlier path is the shot."""
+    ta = {x.node: x.t_ns for x in a.arrivals}
+    tb = {x.node: x.t_ns for x in b.arrivals}
+    if ta.keys() != tb.keys():
+        return False
+    diff = [n for n in ta if abs(ta[n] - tb[n]) > tol_ns]
+    return bool(diff) and all(ta[n] < tb[n] for n in diff)
 
 
 def _duplicate(cand: Association, shot: Association) -> bool:

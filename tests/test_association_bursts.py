@@ -161,3 +161,40 @@ def test_of_two_like_candidates_the_far_less_likely_coincidence_wins():
     assert assoc._better(evidence, tight) and not assoc._better(tight, evidence)
     alike = replace(evidence, chance=tight.chance / (0.5 * CHANCE_TIE))
     assert assoc._better(tight, alike) and not assoc._better(alike, tight)
+
+
+def _burst_with_a_loud_reflection(t0s, seed=3):
+    """Four nodes, a source 50 m from node n0, rounds at ``t0s`` (s). At n2 a
+    building blocks the direct path (−26 dBFS) and a wall reflects the sound
+    6 dB louder, 291.4 ms later: exactly what a source at (−337, −366) m would
+    give there, with the other three nodes' direct sounds (the second
+    intersection of their hyperbolas). Timing noise 0.2 ms."""
+    rng = np.random.default_rng(seed)
+    nodes = np.array([[0.0, 0.0, 6.0], [700.0, 50.0, 6.0], [650.0, 720.0, 6.0], [-30.0, 680.0, 6.0]])
+    src = np.array([30.0, 40.0, 1.5])
+    arrivals, key = [], 0
+    for t0 in t0s:
+        for i, r in enumerate(nodes):
+            t = t0 + np.linalg.norm(r - src) / C + rng.normal(0, 2e-4)
+            level = -26.0 if i == 2 else -20.0
+            arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=level))
+            key += 1
+            if i == 2:
+                arrivals.append(Arrival(key, f"n{i}", REF + int((t + 0.2914) * 1e9), 2e-5, r, peak_dbfs=-20.0))
+                key += 1
+    return src, sorted(arrivals, key=lambda a: a.t_ns)
+
+
+def test_a_reflection_louder_than_the_blocked_direct_sound_makes_no_ghost():
+    """With four nodes, a loud reflection at one node and the other nodes' direct
+    sounds fit a ghost source 540 m away as well as the rounds fit theirs.
+    The direct sound is the first to arrive: of two line-ups on the same nodes,
+    the earlier path is the shot (association._earlier_path). And a formed
+    round explains its louder reflection, heard at that node alone, so the
+    reflection does not make the next round's direct sound look like an echo
+    (Associator._round_delay)."""
+    src, arrivals = _burst_with_a_loud_reflection([1.0, 1.45, 2.2])
+    found = _associate(arrivals, model_sigma_s=0.0005)[0]
+    assert len(found) == 3
+    for shot in found:
+        assert np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 2.0
