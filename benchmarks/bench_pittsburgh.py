@@ -133,9 +133,10 @@ def _solver_c(t: ShotSpotterTest) -> float:
     return speed_of_sound(t.recording_set.temperature_c)
 
 
-def _locate_one(args) -> TestScore:
-    """Locate one test blind (no truth, only the mode's data) and score it."""
-    from server.locate import locate_set
+def _locate_one(args) -> tuple[TestScore, float | None]:
+    """Locate one test blind (no truth, only the mode's data) and score it; also
+    the model timing error (s) the association learnt from its shots (or None)."""
+    from server.locate import locate
 
     t, mode, workers, cfg = args
     truth = t.recording_set.truth
@@ -146,13 +147,16 @@ def _locate_one(args) -> TestScore:
     elif mode == "audio":
         blind = dataclasses.replace(blind, nodes=tuple(n for n in blind.nodes if n.wav is not None),
                                     arrivals=())
-    located = list(locate_set(blind, mode=mode, workers=workers, cfg=cfg))
-    return score_test(truth, located, name=f"{t.firing_position}/{t.name}", group=t.firing_position)
+    result = locate(blind, mode=mode, workers=workers, cfg=cfg)
+    score = score_test(truth, list(result.reports), name=f"{t.firing_position}/{t.name}", group=t.firing_position)
+    return score, result.learnt_model_sigma_s
 
 
-def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1, cfg=None) -> list[TestScore]:
-    """Score every test in ``mode``; ``jobs`` > 1 runs tests in parallel processes
-    (each test's own detection then runs in one process). ``cfg``: ServerConfig
+def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1,
+                cfg=None) -> list[tuple[TestScore, float | None]]:
+    """Score every test in ``mode``, with the model timing error (s or None) its
+    association learnt; ``jobs`` > 1 runs tests in parallel processes (each
+    test's own detection then runs in one process). ``cfg``: ServerConfig
     (None: the defaults)."""
     if jobs <= 1:
         return [_locate_one((t, mode, None, cfg)) for t in tests]
@@ -160,6 +164,23 @@ def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1, cfg=None
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(_locate_one, [(t, mode, 1, cfg) for t in tests], chunksize=1))
+
+
+def learnt_sigma_summary(tests: list[ShotSpotterTest], learnt: list[float | None]) -> tuple[str, float | None]:
+    """(Per firing position, the median model timing error the picks-mode
+    association learnt — tests with ≥ 3 shots with spare arrivals; the network's
+    figure: the median over all such tests, s, or None.)"""
+    by: dict[str, list[float]] = {}
+    for t, x in zip(tests, learnt):
+        if x is not None:
+            by.setdefault(t.firing_position, []).append(x)
+    allv = [x for v in by.values() for x in v]
+    lines = [f"  {fp}: {1e3 * float(np.median(v)):.1f} ms (from {len(v)} tests)" for fp, v in sorted(by.items())]
+    if not allv:
+        return "  no test had enough shots with spare arrivals", None
+    net = float(np.median(allv))
+    lines.append(f"  network: {1e3 * net:.1f} ms (median of {len(allv)} tests)")
+    return "\n".join(lines), net
 
 
 def readme_table(rows: list[tuple[str, str, float, float, float, int, int]], rounds: int) -> str:
@@ -317,11 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.facts:
         print("\n== data facts\n" + facts(tests))
 
-    for mode in [m for m in modes if m in ("picks", "audio")]:
+    runs: list[tuple[str, float | None]] = [(m, args.model_sigma_ms) for m in modes if m in ("picks", "audio")]
+    learnt_ms: float | None = None     # the network's model timing error learnt in picks mode
+    while runs:
+        mode, sigma_ms = runs.pop(0)
         title = f"locator, {mode} mode (server.locate.locate_set)"
-        if args.model_sigma_ms is not None or args.max_chance is not None:
-            title += (f", model σ {args.model_sigma_ms if args.model_sigma_ms is not None else 'default'} ms, "
+        if sigma_ms is not None or args.max_chance is not None:
+            title += (f", model σ {sigma_ms if sigma_ms is not None else 'default'} ms, "
                       f"max_chance {args.max_chance if args.max_chance is not None else 'default'}")
+        relearnt = mode == "audio" and sigma_ms is not None and sigma_ms == learnt_ms
+        if relearnt:
+            title += " (learnt by the server from the picks-mode shots)"
         try:
             import server.locate  # noqa: F401
         except ImportError as e:
@@ -332,16 +359,27 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         from server.locate import replay_config
 
-        cfg = replay_config(args.model_sigma_ms, args.max_chance)
-        summaries = summarize_by_group(run_locator(tests, mode, args.jobs, cfg))
+        cfg = replay_config(sigma_ms, args.max_chance)
+        results = run_locator(tests, mode, args.jobs, cfg)
+        summaries = summarize_by_group([score for score, _ in results])
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
-        if mode == "audio":
+        if mode == "picks":
+            text, net = learnt_sigma_summary(tests, [x for _, x in results])
+            print("\nmodel timing error the association learnt (shots with spare arrivals; no labels)\n" + text)
+            if net is not None and args.model_sigma_ms is None and "audio" in modes:
+                # the network's node positions and paths are what they are in audio
+                # mode too: run it again with what the server learnt of them
+                learnt_ms = round(net * 1e3, 1)
+                runs.append(("audio", learnt_ms))
+        if mode == "audio" and not relearnt:
             print("\nwhat audio mode can reach (from the labels; scoring facts only)\n" + audio_ceiling(tests))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
         a = summaries[-1]
         label = {"picks": "picks mode: all ~20 sensors' pulses, echoes included, our association",
                  "audio": "audio mode: ≤ 6 WAVs per test, our detector"}[mode]
+        if relearnt:
+            label += f", model σ {learnt_ms} ms as learnt in picks mode"
         readme.append((label, mode, a.recall, a.median_m, a.within_15m, a.false_shots, a.extra_shots))
 
     if "subsets" in modes:

@@ -283,6 +283,7 @@ class Associator:
         #: timing is worse than its nodes claim (positions, wind, urban paths).
         self.net_scale = 1.0
         self._scales: list[float] = []
+        self._model_sigmas: list[float] = []   # per learning shot (see learnt_model_sigma_s)
         #: The wind (east, north m/s) and its 1-σ (m/s), pooled over recent shots
         #: (see :meth:`note_wind`); (0, 0) and None until a shot has told.
         self.wind_mps: tuple[float, float] = (0.0, 0.0)
@@ -391,6 +392,28 @@ class Associator:
             return
         self._scales = (self._scales + [shot.solution.scale])[-SCALE_POOL:]
         self.net_scale = float(np.clip(np.median(self._scales), 1.0, MAX_NET_SCALE))
+        own = np.array([a.sigma_s for a in shot.arrivals])
+        typical = shot.solution.scale * float(np.median(np.hypot(own, self.model_sigma_s)))
+        model = math.sqrt(max(typical**2 - float(np.median(own)) ** 2, 0.0))
+        self._model_sigmas = (self._model_sigmas + [model])[-SCALE_POOL:]
+
+    @property
+    def learnt_model_sigma_s(self) -> float | None:
+        """The model timing error (s, 1 σ: what ``model_sigma_s`` stands for) that
+        the network's recent shots with spare arrivals show: each shot's residual
+        scale × its arrivals' σ, less their own σ in quadrature; the median of the
+        last ``SCALE_POOL``. None until ``SCALE_MIN_SHOTS`` shots have taught it.
+        Never less than ``model_sigma_s`` (a residual scale is at least 1), and,
+        unlike :attr:`net_scale`, not capped: it tells an operator what to
+        configure."""
+        if len(self._model_sigmas) < SCALE_MIN_SHOTS:
+            return None
+        return float(np.median(self._model_sigmas))
+
+    @property
+    def learnt_from(self) -> int:
+        """How many recent shots :attr:`learnt_model_sigma_s` is the median of."""
+        return len(self._model_sigmas)
 
     # ------------------------------------------------------------- decide
     def step(self, watermark_ns: int | None, deadline: float | None = None
@@ -778,8 +801,8 @@ class Associator:
     def _better(self, a: Association, b: Association) -> bool:
         """Ranking: most arrivals that are first at their node (see
         :meth:`_preceded`), then a repeat of a formed shot's position (a burst),
-        then most arrivals, then the largest core, then, of two candidates on the
-        same nodes, the one whose arrivals where they differ are all earlier
+        then most arrivals, then the largest core, then the one whose arrivals,
+        where the two differ at a node both use, are all earlier
         (:func:`_earlier_path`), then the far smaller chance alignment (by more
         than ``CHANCE_TIE``: e.g. a shot whose timing the other rounds of its
         burst repeat), then the smallest rms. With a single redundant arrival
@@ -1167,18 +1190,15 @@ def _mirrors(ghost: Association, shot: Association) -> bool:
 
 
 def _earlier_path(a: Association, b: Association, tol_ns: float) -> bool:
-    """``a`` and ``b`` use the same nodes, differ at some (by more than
-    ``tol_ns``), and wherever they differ ``a``'s arrival is the earlier. With
-    few nodes a reflection (louder, where a building blocks the direct path)
-    lines up with the other nodes' direct sounds into a ghost source nearby
-    that fits as well as the shot; but the direct sound is the first to arrive,
-    so of the two the earlier path is the shot."""
-    ta = {x.node: x.t_ns for x in a.arrivals}
+    """At the nodes both ``a`` and ``b`` use, their arrivals differ at some (by
+    more than ``tol_ns``), and wherever they differ ``a``'s is the earlier.
+    With few nodes a reflection (louder, where a building blocks the direct
+    path) lines up with the other nodes' direct sounds into a ghost source
+    nearby that fits as well as the shot; but the direct sound is the first to
+    arrive, so of the two the earlier path is the shot."""
     tb = {x.node: x.t_ns for x in b.arrivals}
-    if ta.keys() != tb.keys():
-        return False
-    diff = [n for n in ta if abs(ta[n] - tb[n]) > tol_ns]
-    return bool(diff) and all(ta[n] < tb[n] for n in diff)
+    diff = [(x.t_ns, tb[x.node]) for x in a.arrivals if x.node in tb and abs(x.t_ns - tb[x.node]) > tol_ns]
+    return bool(diff) and all(ta < tb_ for ta, tb_ in diff)
 
 
 def _duplicate(cand: Association, shot: Association) -> bool:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Literal
 
 import numpy as np
@@ -103,10 +103,32 @@ def server_config_for(rs: RecordingSet, base: ServerConfig | None = None) -> Ser
                    max_clock_skew_s=0.0)
 
 
+@dataclass(frozen=True)
+class LocateResult:
+    """What a replay found: the located rounds (time order) and what the
+    association learnt about the network's timing."""
+
+    reports: tuple[ShotReport, ...]
+    #: The model timing error (s, 1 σ) the association assumed (SolverConfig.model_sigma_s).
+    model_sigma_s: float
+    #: The model timing error (s) the shots with spare arrivals showed
+    #: (Associator.learnt_model_sigma_s); None when too few shots could tell.
+    learnt_model_sigma_s: float | None
+    #: How many shots that was learnt from.
+    learnt_from: int
+
+
 def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
                detector_cfg: DetectorConfig | None = None, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> list[ShotReport]:
     """Locate every shot in a recording set; returns the located rounds in time order."""
+    return list(locate(rs, mode, cfg=cfg, detector_cfg=detector_cfg, workers=workers, progress=progress).reports)
+
+
+def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
+           detector_cfg: DetectorConfig | None = None, workers: int | None = None,
+           progress: Callable[[int, int], None] | None = None) -> LocateResult:
+    """:func:`locate_set`, with what the association learnt of the network's timing."""
     m = choose_mode(rs, mode)
     scfg = server_config_for(rs, cfg)
     engine = Engine(scfg, store=None)
@@ -130,7 +152,23 @@ def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | Non
                     progress(k + 1, len(nodes))
     events.sort(key=lambda e: e.t_utc_ns)
     engine.ingest_events(events, received_ns=0)
-    return sorted(engine.finish(), key=lambda r: r.t_utc_ns)
+    reports = tuple(sorted(engine.finish(), key=lambda r: r.t_utc_ns))
+    return LocateResult(reports, scfg.solver.model_sigma_s, engine.assoc.learnt_model_sigma_s,
+                        engine.assoc.learnt_from)
+
+
+def timing_note(result: LocateResult) -> str | None:
+    """A line for the operator when the shots showed far larger timing errors
+    than the association assumed (None otherwise): the network's node positions
+    or paths are worse than configured, and shots heard by few nodes are missed
+    for it."""
+    got = result.learnt_model_sigma_s
+    if got is None or got <= 2.0 * result.model_sigma_s:
+        return None
+    return (f"note: the {result.learnt_from} shots with spare arrivals fit as if the network added "
+            f"{got * 1e3:.1f} ms (1 σ) to every arrival, where {result.model_sigma_s * 1e3:.1f} ms was assumed; "
+            f"shots heard by few nodes may have been missed. If the node positions and paths are that "
+            f"uncertain, rerun with --model-sigma-ms {got * 1e3:.1f} (or set [solver] model_sigma_s).")
 
 
 # ------------------------------------------------------------------- CLI
@@ -189,8 +227,9 @@ def main(argv: list[str]) -> int:
         rs = load_set(args.path)
         if args.temperature is not None:
             rs = replace(rs, temperature_c=args.temperature)
-        reports = locate_set(rs, args.mode, cfg=cli_server_config(args),
-                             progress=_progress_bar if sys.stderr.isatty() else None)
+        result = locate(rs, args.mode, cfg=cli_server_config(args),
+                        progress=_progress_bar if sys.stderr.isatty() else None)
+        reports = list(result.reports)
     except (RecordingSetError, WavError, FileNotFoundError) as exc:
         print(f"earwitness locate: {exc}", file=sys.stderr)
         return 2
@@ -204,6 +243,9 @@ def main(argv: list[str]) -> int:
             print(f"{r.incident:>8} {r.round:>5}  {ns_to_iso(r.t_utc_ns):<26} {r.lat:>11.6f} {r.lon:>12.6f} "
                   f"{r.error_m:>7.1f} {r.residual_ms:>6.2f}  {len(r.nodes)}: {', '.join(r.nodes)}")
         print(f"{len(reports)} shots located", file=sys.stderr)
+    note = timing_note(result)
+    if note:
+        print(note, file=sys.stderr)
     if args.plot:
         from common.geodesy import LocalFrame
         from server.plot import MapShot, draw_map

@@ -198,3 +198,47 @@ def test_a_reflection_louder_than_the_blocked_direct_sound_makes_no_ghost():
     assert len(found) == 3
     for shot in found:
         assert np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 2.0
+
+
+def test_earlier_path_compares_the_nodes_both_candidates_use():
+    from server.association import Association, _earlier_path
+
+    def cand(times):
+        arr = tuple(Arrival(k, n, t, 2e-5, np.zeros(3)) for k, (n, t) in enumerate(times.items()))
+        return Association(arr, None, 0)
+
+    a = cand({"n0": 100, "n1": 200, "n2": 300, "n3": 400})
+    b = cand({"n0": 100, "n1": 500, "n2": 300, "n4": 600})     # later at n1, n3 vs n4 not compared
+    c = cand({"n0": 100, "n1": 500, "n2": 250, "n3": 400})     # later at n1, earlier at n2
+    assert _earlier_path(a, b, 10) and not _earlier_path(b, a, 10)
+    assert not _earlier_path(a, c, 10) and not _earlier_path(c, a, 10)
+    assert not _earlier_path(a, a, 10)                          # nothing differs
+    assert not _earlier_path(a, cand({"n0": 105, "n1": 195}), 10)   # within the tolerance
+
+
+def _eight_node_shots(noise_s, seed=2):
+    rng = np.random.default_rng(seed)
+    ang = np.arange(8) * math.pi / 4
+    nodes = np.column_stack([600 * np.cos(ang) + 600, 600 * np.sin(ang) + 600, np.full(8, 6.0)])
+    arrivals, key = [], 0
+    for k in range(6):
+        src = np.array([rng.uniform(300, 900), rng.uniform(300, 900), 1.5])
+        for i, r in enumerate(nodes):
+            t = 2.0 + 3.0 * k + np.linalg.norm(r - src) / C + rng.normal(0, noise_s)
+            arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=-20.0))
+            key += 1
+    return arrivals
+
+
+def test_the_network_timing_error_is_learnt_from_shots_with_spare_arrivals():
+    """Shots heard by eight nodes whose times are 3 ms off (node positions a
+    metre off, paths around buildings): the association learns that the
+    network adds about 3 ms. With 0.1 ms errors it learns no more than the
+    assumed 0.5 ms (a residual scale is never taken below 1)."""
+    found, _, assoc = _associate(_eight_node_shots(3e-3), model_sigma_s=3e-3)
+    assert len(found) == 6 and assoc.learnt_from == 6
+    assert 2e-3 < assoc.learnt_model_sigma_s < 4.5e-3
+    found, _, assoc = _associate(_eight_node_shots(1e-4), model_sigma_s=5e-4)
+    assert len(found) == 6 and assoc.learnt_model_sigma_s <= 5.01e-4
+    _, _, assoc = _associate(_eight_node_shots(1e-4)[:16], model_sigma_s=5e-4)
+    assert assoc.learnt_model_sigma_s is None                  # two shots cannot tell

@@ -9,7 +9,7 @@ from common.acoustics import speed_of_sound
 from common.geodesy import LocalFrame
 from common.recording_set import RecordingSet, SetArrival, SetNode
 from node.wav_source import write_wav
-from server.locate import locate_set, pick_events
+from server.locate import locate, locate_set, pick_events, timing_note
 
 from conftest import shared_data
 
@@ -123,3 +123,26 @@ def test_audio_mode_needs_wavs():
     rs = RecordingSet(path=None, temperature_c=None, nodes=tuple(_set_nodes(_nodes_enu(4))))
     with pytest.raises(RecordingSetError, match="no node has a wav"):
         locate_set(rs, "audio")
+
+
+def test_a_network_with_worse_timing_than_assumed_is_told():
+    """Picks 4 ms off (node positions metres off): the shots are still located
+    (ten nodes, plenty of spare arrivals), and the result says what model
+    timing error they showed, so the operator can set --model-sigma-ms; with
+    0.1 ms picks there is nothing to tell."""
+    rng = np.random.default_rng(3)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(10, seed=2)
+    rounds = [(np.array([rng.uniform(-300, 300), rng.uniform(-300, 300), 1.5]), 1.0 + 2.5 * k) for k in range(5)]
+    nodes = tuple(_set_nodes(enu))
+    noisy = RecordingSet(path=None, temperature_c=10.0, nodes=nodes,
+                         arrivals=tuple(sorted(_picks(enu, rounds, c, rng, sigma=4e-3), key=lambda a: a.t_utc_ns)))
+    result = locate(noisy, "picks")
+    assert len(result.reports) == 5 and result.model_sigma_s == 5e-4
+    assert 2.5e-3 < result.learnt_model_sigma_s < 6e-3
+    note = timing_note(result)
+    assert note and f"--model-sigma-ms {result.learnt_model_sigma_s * 1e3:.1f}" in note
+    clean = RecordingSet(path=None, temperature_c=10.0, nodes=nodes,
+                         arrivals=tuple(sorted(_picks(enu, rounds, c, rng), key=lambda a: a.t_utc_ns)))
+    result = locate(clean, "picks")
+    assert len(result.reports) == 5 and timing_note(result) is None
