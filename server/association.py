@@ -121,8 +121,11 @@ PRECEDE_DB = 3.0
 SCALE_MIN_DOF = 3
 SCALE_POOL = 15
 MAX_NET_SCALE = 10.0
-#: A formed shot's other rounds are looked for up to this long (s) from it.
-REPEAT_WINDOW_S = 1.0
+#: A formed shot's other rounds are looked for up to this long (s) from it, and
+#: a burst's repeats of a candidate's timing counted within it: deliberate
+#: semi-automatic fire puts 0.3–1.5 s between rounds (the Pittsburgh tests:
+#: 0.4–1.2 s).
+REPEAT_WINDOW_S = 2.0
 #: Rounds of a burst are at least this far apart (s; 15 rounds/s is 67 ms): a
 #: pattern repeated sooner is the shot's own echoes, not evidence of a burst.
 MIN_ROUND_GAP_S = 0.06
