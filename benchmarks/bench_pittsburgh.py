@@ -11,6 +11,11 @@ Run from the project root:
   data (WAVs in picks mode, arrivals in audio mode) are removed, and
   ``server.locate.locate_set(recording_set, mode=...)`` is called; the located
   rounds are scored (benchmarks/scoring.py: 0.1 s window, 100 m false radius).
+  Picks mode also prints the model timing error its association learnt
+  (``LocateResult.learnt_model_sigma_s``, no labels); with both modes and no
+  --model-sigma-ms, audio mode is then run a second time with the network's
+  value (median over the tests), as an operator told by ``earwitness locate``
+  would configure it.
 * subsets: ShotSpotter's "random six-sensor sub-arrays" test on the labelled
   arrivals of nlos-tuples.json (one per sensor, the earliest), with a solver of the
   form ``solve(receivers_enu (n, 3), t_arrival_s (n,), c) -> (x, y)``: the project's
