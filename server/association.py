@@ -1047,8 +1047,13 @@ class Associator:
         window = REPEAT_WINDOW_S * 1e9
         # every pending arrival tried here is a chance to find a repeat by luck
         tried = sum(1 for a in self._pending if a.node in at and fine_ns < abs(a.t_ns - at[a.node]) <= window)
+        # arrivals of a round found here at every node that has a sound to
+        # offer: searching from them would find it again (a round found at
+        # fewer nodes is searched from its other arrivals too — they may find
+        # it at more)
+        found: set[int] = set()
         for a in self._pending:
-            if a.node not in at or not fine_ns < abs(a.t_ns - at[a.node]) <= window:
+            if a.node not in at or not fine_ns < abs(a.t_ns - at[a.node]) <= window or a.key in found:
                 continue
             delay = a.t_ns - at[a.node]
             match = 1 + sum(1 for n, t in times.items() if n != a.node
@@ -1063,6 +1068,8 @@ class Associator:
             if chance > self.cfg.max_chance:
                 continue
             cand = replace(cand, chance=chance)
+            if {x.node for x in cand.arrivals} >= cands.keys():
+                found |= {x.key for x in cand.arrivals}
             old = cache.get(a.key)
             if old is None or self._better(cand, old):
                 cache[a.key] = cand
