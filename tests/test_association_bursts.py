@@ -101,16 +101,24 @@ def test_a_node_added_later_widens_the_wait_and_a_moved_node_is_remeasured():
     assert assoc.max_travel_ns() == int((r / C + 0.05) * 1e9)
 
 
-def _four_node_rounds(t0s, seed=5):
+def _four_node_rounds(t0s, seed=5, src=(250.0, 310.0, 1.5), levels=None, reflection=None):
+    """Rounds at ``t0s`` (s) from ``src`` heard by four nodes (timing noise
+    0.2 ms) at −20 dBFS or ``levels[node index]``; ``reflection`` (node index,
+    delay s, level dBFS): a second sound at that node after each round's."""
     rng = np.random.default_rng(seed)
     nodes = np.array([[0.0, 0.0, 6.0], [700.0, 50.0, 6.0], [650.0, 720.0, 6.0], [-30.0, 680.0, 6.0]])
-    src = np.array([250.0, 310.0, 1.5])
+    src = np.array(src)
     arrivals, key = [], 0
     for t0 in t0s:
         for i, r in enumerate(nodes):
             t = t0 + np.linalg.norm(r - src) / C + rng.normal(0, 2e-4)
-            arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=-20.0))
+            level = (levels or {}).get(i, -20.0)
+            arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=level))
             key += 1
+            if reflection is not None and reflection[0] == i:
+                arrivals.append(Arrival(key, f"n{i}", REF + int((t + reflection[1]) * 1e9), 2e-5, r,
+                                        peak_dbfs=reflection[2]))
+                key += 1
     return src, sorted(arrivals, key=lambda a: a.t_ns)
 
 
@@ -163,26 +171,13 @@ def test_of_two_like_candidates_the_far_less_likely_coincidence_wins():
     assert assoc._better(tight, alike) and not assoc._better(alike, tight)
 
 
-def _burst_with_a_loud_reflection(t0s, seed=3):
+def _burst_with_a_loud_reflection(t0s):
     """Four nodes, a source 50 m from node n0, rounds at ``t0s`` (s). At n2 a
     building blocks the direct path (−26 dBFS) and a wall reflects the sound
     6 dB louder, 291.4 ms later: exactly what a source at (−337, −366) m would
     give there, with the other three nodes' direct sounds (the second
     intersection of their hyperbolas). Timing noise 0.2 ms."""
-    rng = np.random.default_rng(seed)
-    nodes = np.array([[0.0, 0.0, 6.0], [700.0, 50.0, 6.0], [650.0, 720.0, 6.0], [-30.0, 680.0, 6.0]])
-    src = np.array([30.0, 40.0, 1.5])
-    arrivals, key = [], 0
-    for t0 in t0s:
-        for i, r in enumerate(nodes):
-            t = t0 + np.linalg.norm(r - src) / C + rng.normal(0, 2e-4)
-            level = -26.0 if i == 2 else -20.0
-            arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=level))
-            key += 1
-            if i == 2:
-                arrivals.append(Arrival(key, f"n{i}", REF + int((t + 0.2914) * 1e9), 2e-5, r, peak_dbfs=-20.0))
-                key += 1
-    return src, sorted(arrivals, key=lambda a: a.t_ns)
+    return _four_node_rounds(t0s, seed=3, src=(30.0, 40.0, 1.5), levels={2: -26.0}, reflection=(2, 0.2914, -20.0))
 
 
 def test_a_reflection_louder_than_the_blocked_direct_sound_makes_no_ghost():
