@@ -63,10 +63,10 @@ echo or a stray sound cannot take arrivals from a real shot: the most arrivals
 that are the first sound their node heard (not preceded, within
 ``ECHO_WINDOW_S``, by a sound as loud that no formed shot explains), then a
 repeat of a formed shot's position, then the most arrivals, then the largest core,
-then, of two on the same nodes, the one whose differing arrivals are all earlier (the
-direct sound arrives first; a reflection louder than a blocked direct sound lines up
-with the other nodes into a ghost nearby), then (when still alike) the far smaller
-chance alignment, then the better fit.
+then, of two whose arrivals differ at a node both use, the one that is earlier at every
+such node (the direct sound arrives first; a reflection louder than a blocked direct
+sound lines up with the other nodes into a ghost nearby), then (when still alike) the
+far smaller chance alignment, then the better fit.
 A seed that is part of a viable candidate is not searched itself (it would find
 the same shot). When a shot is formed, the arrivals it left at its nodes within
 the fine tolerance are duplicates of its own and are put aside, and the pending
@@ -848,7 +848,7 @@ class Associator:
         for shot in self._recent:
             for x in shot.arrivals:
                 trail.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs, shot))
-        heard = {n: np.array([t for t, _ in v], dtype=np.int64) for n, v in self._heard.items()}
+        heard = {n: np.array([t for t, _ in v], dtype=np.int64) for n, v in self._heard.items()} if trail else {}
         idx: dict[str, list[tuple[int, float]]] = {}
         for x in self._pending:
             if any(0 < x.t_ns - t <= window
