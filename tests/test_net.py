@@ -84,6 +84,9 @@ def dealer(ctx, endpoint: str, rid: str | bytes, curve=None) -> zmq.Socket:
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.ROUTING_ID, rid.encode() if isinstance(rid, str) else rid)
     s.setsockopt(zmq.LINGER, 0)
+    # a send that cannot be queued (no pipe: e.g. a refused handshake took it
+    # down) fails with zmq.Again after 5 s instead of hanging the suite
+    s.setsockopt(zmq.SNDTIMEO, 5000)
     if curve is not None:
         s.curve_publickey, s.curve_secretkey, s.curve_serverkey = (k.encode() for k in curve)
     s.connect(endpoint)
