@@ -7,9 +7,9 @@ import pytest
 
 from common.acoustics import speed_of_sound
 from common.geodesy import LocalFrame
-from common.recording_set import RecordingSet, SetArrival, SetNode
+from common.recording_set import RecordingSet, SetArrival, SetNode, write_set
 from node.wav_source import write_wav
-from server.locate import locate, locate_set, pick_events, timing_note
+from server.locate import locate, locate_set, main, pick_events, timing_note
 
 from conftest import shared_data
 
@@ -146,3 +146,27 @@ def test_a_network_with_worse_timing_than_assumed_is_told():
                          arrivals=tuple(sorted(_picks(enu, rounds, c, rng), key=lambda a: a.t_utc_ns)))
     result = locate(clean, "picks")
     assert len(result.reports) == 5 and timing_note(result) is None
+
+
+def test_locate_command_prints_json_lines_and_the_timing_note(tmp_path, capsys):
+    """`earwitness locate DIR --json`: one JSON line per round on stdout, the
+    timing note on stderr; a missing set is a clear error with exit status 2."""
+    import json
+
+    rng = np.random.default_rng(4)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(10, seed=2)
+    rounds = [(np.array([rng.uniform(-300, 300), rng.uniform(-300, 300), 1.5]), 1.0 + 2.5 * k) for k in range(5)]
+    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                      arrivals=tuple(sorted(_picks(enu, rounds, c, rng, sigma=4e-3), key=lambda a: a.t_utc_ns)))
+    write_set(tmp_path / "set", rs)
+    assert main([str(tmp_path / "set"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert len(lines) == 5 and {"lat", "lon", "error_m", "residual_ms"} <= lines[0].keys()
+    assert "--model-sigma-ms" in err
+    assert main([str(tmp_path / "set"), "--json", "--model-sigma-ms", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 5 and "--model-sigma-ms" not in err
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "earwitness locate:" in capsys.readouterr().err
