@@ -14,8 +14,8 @@ Run from the project root:
   Picks mode also prints the model timing error its association learnt
   (``LocateResult.learnt_model_sigma_s``, no labels); with both modes and no
   --model-sigma-ms, audio mode is then run a second time with the network's
-  value (median over the tests), as an operator told by ``earwitness locate``
-  would configure it.
+  value (median over the tests) when it is above the default, as an operator
+  told by ``earwitness locate`` would configure it.
 * subsets: ShotSpotter's "random six-sensor sub-arrays" test on the labelled
   arrivals of nlos-tuples.json (one per sensor, the earliest), with a solver of the
   form ``solve(receivers_enu (n, 3), t_arrival_s (n,), c) -> (x, y)``: the project's
@@ -343,15 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.facts:
         print("\n== data facts\n" + facts(tests))
 
-    runs: list[tuple[str, float | None]] = [(m, args.model_sigma_ms) for m in modes if m in ("picks", "audio")]
-    learnt_ms: float | None = None     # the network's model timing error learnt in picks mode
+    # (mode, model σ ms or None for the default, whether that σ is the one picks mode learnt)
+    runs: list[tuple[str, float | None, bool]] = [(m, args.model_sigma_ms, False) for m in modes
+                                                  if m in ("picks", "audio")]
     while runs:
-        mode, sigma_ms = runs.pop(0)
+        mode, sigma_ms, relearnt = runs.pop(0)
         title = f"locator, {mode} mode (server.locate.locate_set)"
         if sigma_ms is not None or args.max_chance is not None:
             title += (f", model σ {sigma_ms if sigma_ms is not None else 'default'} ms, "
                       f"max_chance {args.max_chance if args.max_chance is not None else 'default'}")
-        relearnt = mode == "audio" and sigma_ms is not None and sigma_ms == learnt_ms
         if relearnt:
             title += " (learnt by the server from the picks-mode shots)"
         try:
@@ -372,11 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "picks":
             text, net = learnt_sigma_summary(tests, [x for _, x in results])
             print("\nmodel timing error the association learnt (shots with spare arrivals; no labels)\n" + text)
-            if net is not None and args.model_sigma_ms is None and "audio" in modes:
-                # the network's node positions and paths are what they are in audio
-                # mode too: run it again with what the server learnt of them
-                learnt_ms = round(net * 1e3, 1)
-                runs.append(("audio", learnt_ms))
+            learnt_ms = round(net * 1e3, 1) if net is not None else None
+            default_ms = cfg.solver.model_sigma_s * 1e3
+            if learnt_ms is not None and args.model_sigma_ms is None and "audio" in modes:
+                if learnt_ms > default_ms:
+                    # the network's node positions and paths are what they are in audio
+                    # mode too: run it again with what the server learnt of them
+                    runs.append(("audio", learnt_ms, True))
+                else:
+                    print(f"  (no more than the default {default_ms:g} ms: audio mode is not run again)")
         if mode == "audio" and not relearnt:
             print("\nwhat audio mode can reach (from the labels; scoring facts only)\n" + audio_ceiling(tests))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         label = {"picks": "picks mode: all ~20 sensors' pulses, echoes included, our association",
                  "audio": "audio mode: ≤ 6 WAVs per test, our detector"}[mode]
         if relearnt:
-            label += f", model σ {learnt_ms} ms as learnt in picks mode"
+            label += f", model σ {sigma_ms} ms as learnt in picks mode"
         readme.append((label, mode, a.recall, a.median_m, a.within_15m, a.false_shots, a.extra_shots))
 
     if "subsets" in modes:

@@ -599,7 +599,8 @@ class Associator:
                 if best is None or key > best_key:
                     best, best_key, priced = cand, key, False
                 elif key == best_key:
-                    # alike in arrivals: the chance alignment decides (see _better)
+                    # alike in arrivals: the rest of the ranking decides (see
+                    # _better: the earlier path, then the chance alignment)
                     if not priced:
                         best, priced = replace(best, chance=self._chance(best, cands)), True
                     cand = replace(cand, chance=self._chance(cand, cands))
@@ -775,7 +776,7 @@ class Associator:
         tol_ns = self._fine_tolerance() * 1e9
         window_ns = REPEAT_WINDOW_S * 1e9
         seed = cand.arrivals[0]
-        arr = {x.node: np.array([t for t, _ in self._heard.get(x.node, ())], dtype=np.int64) for x in cand.arrivals}
+        arr = self._heard_times(x.node for x in cand.arrivals)
         deltas = [int(t - seed.t_ns) for t in arr[seed.node]
                   if MIN_ROUND_GAP_S * 1e9 <= abs(int(t - seed.t_ns)) <= window_ns]
         if not deltas:
@@ -823,7 +824,8 @@ class Associator:
         return a.solution.rms_s < b.solution.rms_s
 
     def _rank(self, cand: Association) -> tuple[int, bool, int, int]:
-        """The part of :meth:`_better`'s ranking that comes before the chance."""
+        """The part of :meth:`_better`'s ranking that comes before the earlier
+        path and the chance alignment."""
         return (cand.solution.n_used - self._preceded(cand), self._repeat(cand), cand.solution.n_used, cand.n_core)
 
     def _repeat(self, cand: Association) -> bool:
@@ -848,7 +850,7 @@ class Associator:
         for shot in self._recent:
             for x in shot.arrivals:
                 trail.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs, shot))
-        heard = {n: np.array([t for t, _ in v], dtype=np.int64) for n, v in self._heard.items()} if trail else {}
+        heard = self._heard_times(self._heard) if trail else {}
         idx: dict[str, list[tuple[int, float]]] = {}
         for x in self._pending:
             if any(0 < x.t_ns - t <= window
@@ -860,6 +862,11 @@ class Associator:
         self._unexplained = {n: (np.array([t for t, _ in v], dtype=np.int64), np.array([lv for _, lv in v]))
                              for n, v in idx.items()}
         self._first_memo = {}
+
+    def _heard_times(self, nodes) -> dict[str, np.ndarray]:
+        """Per node of ``nodes``, the times (ns, int64) of the sounds it has
+        reported lately (pending or in a shot; see ``_heard``)."""
+        return {n: np.array([t for t, _ in self._heard.get(n, ())], dtype=np.int64) for n in nodes}
 
     def _round_delay(self, shot: Association, node: str, delay_ns: int, heard: dict[str, np.ndarray]) -> bool:
         """A sound ``delay_ns`` after ``shot``'s arrival at ``node`` could be its
