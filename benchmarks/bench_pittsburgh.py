@@ -2,7 +2,7 @@
 
 Run from the project root:
 
-    python benchmarks/bench_pittsburgh.py [--data DIR] [--modes picks,audio,subsets]
+    python benchmarks/bench_pittsburgh.py [--data DIR] [--modes picks,audio,subsets,corrected]
         [--solver project,baseline] [--n-subsets 20] [--seed 0] [--fp FP1,FP2]
         [--jobs N] [--model-sigma-ms MS] [--max-chance P] [--markdown FILE] [--readme FILE] [--facts]
 
@@ -16,6 +16,12 @@ Run from the project root:
   --model-sigma-ms, audio mode is then run a second time with the network's
   value (median over the tests) when it is above the default, as an operator
   told by ``earwitness locate`` would configure it.
+* corrected: audio mode with each WAV sensor's clock shifted by that sensor's
+  timing bias in its firing position (``station_corrections``: the median,
+  over the labelled rounds, of its labelled arrival minus the time the sound
+  takes from the surveyed position — scoring facts). It asks what learnt
+  per-sensor ("station") corrections could give audio mode at most; it is run at
+  the model σ picks mode learnt (or --model-sigma-ms). Not a README row.
 * subsets: ShotSpotter's "random six-sensor sub-arrays" test on the labelled
   arrivals of nlos-tuples.json (one per sensor, the earliest), with a solver of the
   form ``solve(receivers_enu (n, 3), t_arrival_s (n,), c) -> (x, y)``: the project's
@@ -136,6 +142,32 @@ def _solver_c(t: ShotSpotterTest) -> float:
     from common.acoustics import speed_of_sound
 
     return speed_of_sound(t.recording_set.temperature_c)
+
+
+def station_corrections(tests: list[ShotSpotterTest]) -> dict[tuple[str, str], float]:
+    """Per (firing position, sensor id): the sensor's timing bias (s) there — the
+    median over that firing position's labelled rounds of (labelled arrival −
+    emission time − distance from the surveyed position / c), at the scoring
+    speed of sound. From the labels and the survey: for the benchmark only."""
+    res: dict[tuple[str, str], list[float]] = {}
+    for t in tests:
+        for s in t.shots:
+            if s.t_emission_ns is None:
+                continue
+            d = np.linalg.norm(s.receivers_enu - t.survey_enu, axis=1)
+            for nid, ta, dk in zip(s.node_ids, s.t_arrival_ns, d):
+                res.setdefault((t.firing_position, nid), []).append((int(ta) - s.t_emission_ns) * 1e-9
+                                                                    - float(dk) / t.c_mps)
+    return {k: float(np.median(v)) for k, v in res.items()}
+
+
+def corrected_test(t: ShotSpotterTest, corr: dict[tuple[str, str], float]) -> ShotSpotterTest:
+    """``t`` with each WAV's start time moved by its sensor's bias (so its onsets
+    come out bias-free); sensors without one are unchanged."""
+    nodes = tuple(dataclasses.replace(n, start_utc_ns=n.start_utc_ns - int(round(corr[(t.firing_position, n.id)] * 1e9)))
+                  if n.wav is not None and (t.firing_position, n.id) in corr else n
+                  for n in t.recording_set.nodes)
+    return dataclasses.replace(t, recording_set=dataclasses.replace(t.recording_set, nodes=nodes))
 
 
 def _locate_one(args) -> tuple[TestScore, float | None]:
@@ -301,7 +333,8 @@ def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"Pittsburgh data folder (default {DEFAULT_DATA})")
-    ap.add_argument("--modes", default="picks,audio,subsets", help="comma list of picks, audio, subsets")
+    ap.add_argument("--modes", default="picks,audio,subsets",
+                    help="comma list of picks, audio, subsets, corrected (default: picks,audio,subsets)")
     ap.add_argument("--solver", default="project,baseline", help="subset-test solvers: project, baseline")
     ap.add_argument("--n-subsets", type=int, default=20, help="random six-sensor subsets per shot (default 20)")
     ap.add_argument("--subset-size", type=int, default=6)
@@ -319,11 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     modes = [m for m in args.modes.split(",") if m]
-    bad = [m for m in modes if m not in ("picks", "audio", "subsets")]
+    bad = [m for m in modes if m not in ("picks", "audio", "subsets", "corrected")]
     solvers = [s for s in args.solver.split(",") if s]
     bad += [s for s in solvers if s not in SOLVERS]
     if bad:
-        print(f"error: unknown mode/solver {', '.join(bad)}; modes: picks,audio,subsets; solvers: "
+        print(f"error: unknown mode/solver {', '.join(bad)}; modes: picks,audio,subsets,corrected; solvers: "
               f"{','.join(SOLVERS)}", file=sys.stderr)
         return 2
     if not args.data.is_dir():
@@ -346,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     # (mode, model σ ms or None for the default, whether that σ is the one picks mode learnt)
     runs: list[tuple[str, float | None, bool]] = [(m, args.model_sigma_ms, False) for m in modes
                                                   if m in ("picks", "audio")]
+    if "corrected" in modes and ("picks" not in modes or args.model_sigma_ms is not None):
+        runs.append(("corrected", args.model_sigma_ms, False))
     while runs:
         mode, sigma_ms, relearnt = runs.pop(0)
         title = f"locator, {mode} mode (server.locate.locate_set)"
@@ -365,7 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         from server.locate import replay_config
 
         cfg = replay_config(sigma_ms, args.max_chance)
-        results = run_locator(tests, mode, args.jobs, cfg)
+        if mode == "corrected":
+            corr = station_corrections(tests)
+            title = title.replace("corrected mode", "audio mode, WAV sensors' biases corrected from the survey")
+            results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg)
+        else:
+            results = run_locator(tests, mode, args.jobs, cfg)
         summaries = summarize_by_group([score for score, _ in results])
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
@@ -374,16 +414,21 @@ def main(argv: list[str] | None = None) -> int:
             print("\nmodel timing error the association learnt (shots with spare arrivals; no labels)\n" + text)
             learnt_ms = round(net * 1e3, 1) if net is not None else None
             default_ms = cfg.solver.model_sigma_s * 1e3
-            if learnt_ms is not None and args.model_sigma_ms is None and "audio" in modes:
-                if learnt_ms > default_ms:
+            if args.model_sigma_ms is None:
+                use_ms = learnt_ms if learnt_ms is not None and learnt_ms > default_ms else None
+                if "audio" in modes and use_ms is not None:
                     # the network's node positions and paths are what they are in audio
                     # mode too: run it again with what the server learnt of them
-                    runs.append(("audio", learnt_ms, True))
-                else:
+                    runs.append(("audio", use_ms, True))
+                elif "audio" in modes:
                     print(f"  (no more than the default {default_ms:g} ms: audio mode is not run again)")
+                if "corrected" in modes:
+                    runs.append(("corrected", use_ms, use_ms is not None))
         if mode == "audio" and not relearnt:
             print("\nwhat audio mode can reach (from the labels; scoring facts only)\n" + audio_ceiling(tests))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
+        if mode == "corrected":
+            continue
         a = summaries[-1]
         label = {"picks": "picks mode: all ~20 sensors' pulses, echoes included, our association",
                  "audio": "audio mode: ≤ 6 WAVs per test, our detector"}[mode]

@@ -1,0 +1,56 @@
+"""The Pittsburgh benchmark's survey-based sensor corrections (the ``corrected``
+mode), on the real data (skipped when it is absent)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_pittsburgh import corrected_test, station_corrections
+from server.import_shotspotter import load_test
+
+ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pittsburgh" / "PittsburghPA_DQV_2018-12-18"
+
+
+def _tests(fp: str, names: list[str]):
+    dirs = [ROOT / fp / n for n in names]
+    if not all(d.is_dir() for d in dirs):
+        pytest.skip(f"shared Pittsburgh data not found under {ROOT} (see ../shared/data/README.md)")
+    return [load_test(d) for d in dirs]
+
+
+def _shift_labels(t, node_id: str, shift_ns: int):
+    """``t`` with every labelled arrival at ``node_id`` ``shift_ns`` later."""
+    shots = tuple(dataclasses.replace(s, t_arrival_ns=np.array([a + shift_ns if n == node_id else a
+                                                                for n, a in zip(s.node_ids, s.t_arrival_ns)]))
+                  for s in t.shots)
+    return dataclasses.replace(t, shots=shots)
+
+
+def test_a_sensor_late_in_every_round_gets_exactly_that_bias():
+    tests = _tests("FP6", ["test_109", "test_110", "test_111"])
+    base = station_corrections(tests)
+    wav_ids = [n.id for n in tests[0].recording_set.nodes if n.wav is not None]
+    late = wav_ids[0]
+    shifted = station_corrections([_shift_labels(t, late, 30_000_000) for t in tests])
+    assert shifted.keys() == base.keys()
+    assert shifted[("FP6", late)] - base[("FP6", late)] == pytest.approx(0.030, abs=1e-9)
+    assert all(shifted[k] == base[k] for k in base if k != ("FP6", late))
+    # per sensor, the biases are a few ms to tens of ms, not seconds (a wrong frame would show)
+    assert max(abs(v) for v in base.values()) < 0.1
+
+
+def test_corrected_test_moves_only_the_wav_clocks_by_their_bias():
+    (t,) = _tests("FP6", ["test_109"])
+    corr = {k: 0.0125 for k in station_corrections([t])}
+    c = corrected_test(t, corr)
+    for before, after in zip(t.recording_set.nodes, c.recording_set.nodes):
+        if before.wav is None:
+            assert after == before
+        else:
+            assert before.start_utc_ns - after.start_utc_ns == 12_500_000
+            assert dataclasses.replace(after, start_utc_ns=before.start_utc_ns) == before
+    assert c.recording_set.truth == t.recording_set.truth and c.shots == t.shots
