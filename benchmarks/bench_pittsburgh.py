@@ -170,9 +170,29 @@ def corrected_test(t: ShotSpotterTest, corr: dict[tuple[str, str], float]) -> Sh
     return dataclasses.replace(t, recording_set=dataclasses.replace(t.recording_set, nodes=nodes))
 
 
-def _locate_one(args) -> tuple[TestScore, float | None]:
+#: An onset this close (s) to a labelled arrival at its sensor picked that arrival.
+PICKED_S = 0.005
+
+
+def picked_counts(t: ShotSpotterTest, events) -> list[int]:
+    """Per labelled shot of ``t``: at how many of the test's WAV sensors one of
+    ``events`` (detector onsets) is within :data:`PICKED_S` of the labelled arrival."""
+    wav = {n.id for n in t.recording_set.nodes if n.wav is not None}
+    times: dict[str, np.ndarray] = {}
+    for e in events:
+        times.setdefault(e.node_id, []).append(e.t_utc_ns)
+    times = {k: np.asarray(v, dtype=np.int64) for k, v in times.items()}
+    out = []
+    for s in t.shots:
+        out.append(sum(1 for n, ta in zip(s.node_ids, s.t_arrival_ns)
+                       if n in wav and n in times and np.min(np.abs(times[n] - int(ta))) <= PICKED_S * 1e9))
+    return out
+
+
+def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None]:
     """Locate one test blind (no truth, only the mode's data) and score it; also
-    the model timing error (s) the association learnt from its shots (or None)."""
+    the model timing error (s) the association learnt from its shots (or None),
+    and in audio mode :func:`picked_counts` of the detector's onsets."""
     from server.locate import locate
 
     t, mode, workers, cfg = args
@@ -186,13 +206,14 @@ def _locate_one(args) -> tuple[TestScore, float | None]:
                                     arrivals=())
     result = locate(blind, mode=mode, workers=workers, cfg=cfg)
     score = score_test(truth, list(result.reports), name=f"{t.firing_position}/{t.name}", group=t.firing_position)
-    return score, result.learnt_model_sigma_s
+    picked = picked_counts(t, result.events) if mode == "audio" else None
+    return score, result.learnt_model_sigma_s, picked
 
 
 def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1,
-                cfg=None) -> list[tuple[TestScore, float | None]]:
+                cfg=None) -> list[tuple[TestScore, float | None, list[int] | None]]:
     """Score every test in ``mode``, with the model timing error (s or None) its
-    association learnt; ``jobs`` > 1 runs tests in parallel processes (each
+    association learnt and (audio mode) :func:`picked_counts`; ``jobs`` > 1 runs tests in parallel processes (each
     test's own detection then runs in one process). ``cfg``: ServerConfig
     (None: the defaults)."""
     if jobs <= 1:
@@ -274,13 +295,15 @@ def facts(tests: list[ShotSpotterTest]) -> str:
     return "\n".join(lines)
 
 
-def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
+def audio_ceiling(tests: list[ShotSpotterTest], picked: list[list[int]] | None = None) -> str:
     """What audio mode can reach at most, from the labels (scoring facts only).
 
     Per firing position: labelled rounds, and how many have their labelled pulse
     at ≥ 3 / ≥ 4 / ≥ 5 of the test's WAV sensors (2-D position + emission time
     are 3 unknowns: 3 arrivals fix a source with nothing to check it against;
-    4 give one redundant arrival); then, for the rounds labelled at ≥ 5 WAV
+    4 give one redundant arrival); with ``picked`` (per test, per labelled shot:
+    :func:`picked_counts` of our detector's onsets), how many have an onset of
+    ours within :data:`PICKED_S` of the label at ≥ 4 WAV sensors; then, for the rounds labelled at ≥ 5 WAV
     sensors, how well those labelled (ShotSpotter-picked) arrivals fit one source
     at all: rms and largest residual of the project solver's best fit (height
     with the server's prior, the scoring speed of sound), medians."""
@@ -291,21 +314,23 @@ def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
     scfg = SolverConfig()
     med = (lambda v: f"{np.median(v):.1f}" if v else "—")
 
-    head = (f"{'FP':<4} {'rounds':>6} {'≥3 WAV':>7} {'≥4 WAV':>7} {'≥5 WAV':>7}  "
+    head = (f"{'FP':<4} {'rounds':>6} {'≥3 WAV':>7} {'≥4 WAV':>7} {'≥5 WAV':>7} {'picked ≥4':>9}  "
             f"{'rms ms (≥5)':>11} {'max |res| ms':>12}")
     lines = [head]
-    tot = np.zeros(4, dtype=int)
+    tot = np.zeros(5, dtype=int)
     all_rms: list[float] = []
     all_max: list[float] = []
     for fp in sorted({t.firing_position for t in tests}):
-        counts = np.zeros(4, dtype=int)
+        counts = np.zeros(5, dtype=int)
         rms: list[float] = []
         worst: list[float] = []
-        for t in (t for t in tests if t.firing_position == fp):
+        for i_t, t in enumerate(tests):
+            if t.firing_position != fp:
+                continue
             wav = {n.id for n in t.recording_set.nodes if n.wav is not None}
-            for s in t.shots:
+            for i_s, s in enumerate(t.shots):
                 k = [i for i, n in enumerate(s.node_ids) if n in wav]
-                counts += [1, len(k) >= 3, len(k) >= 4, len(k) >= 5]
+                counts += [1, len(k) >= 3, len(k) >= 4, len(k) >= 5, picked is not None and picked[i_t][i_s] >= 4]
                 if len(k) < 5:
                     continue
                 rec = s.receivers_enu[k] - s.receivers_enu[k].mean(axis=0)
@@ -320,12 +345,18 @@ def audio_ceiling(tests: list[ShotSpotterTest]) -> str:
         tot += counts
         all_rms += rms
         all_max += worst
-        lines.append(f"{fp:<4} {counts[0]:>6} {counts[1]:>7} {counts[2]:>7} {counts[3]:>7}  {med(rms):>11} "
+        pk = str(counts[4]) if picked is not None else "—"
+        lines.append(f"{fp:<4} {counts[0]:>6} {counts[1]:>7} {counts[2]:>7} {counts[3]:>7} {pk:>9}  {med(rms):>11} "
                      f"{med(worst):>12}")
-    lines.append(f"{'all':<4} {tot[0]:>6} {tot[1]:>7} {tot[2]:>7} {tot[3]:>7}  {med(all_rms):>11} {med(all_max):>12}")
+    pk = str(tot[4]) if picked is not None else "—"
+    lines.append(f"{'all':<4} {tot[0]:>6} {tot[1]:>7} {tot[2]:>7} {tot[3]:>7} {pk:>9}  {med(all_rms):>11} "
+                 f"{med(all_max):>12}")
     if tot[0]:
         lines.append(f"labelled at ≥ 4 WAV sensors: {100 * tot[2] / tot[0]:.1f} % of labelled rounds "
                      f"(≥ 3: {100 * tot[1] / tot[0]:.1f} %)")
+        if picked is not None:
+            lines.append(f"picked by our detector (within {PICKED_S * 1e3:g} ms of the label) at ≥ 4 WAV sensors: "
+                         f"{100 * tot[4] / tot[0]:.1f} % of labelled rounds")
     return "\n".join(lines)
 
 
@@ -406,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
             results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg)
         else:
             results = run_locator(tests, mode, args.jobs, cfg)
-        summaries = summarize_by_group([score for score, _ in results])
+        summaries = summarize_by_group([score for score, _, _ in results])
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
         if mode == "picks":
-            text, net = learnt_sigma_summary(tests, [x for _, x in results])
+            text, net = learnt_sigma_summary(tests, [x for _, x, _ in results])
             print("\nmodel timing error the association learnt (shots with spare arrivals; no labels)\n" + text)
             learnt_ms = round(net * 1e3, 1) if net is not None else None
             default_ms = cfg.solver.model_sigma_s * 1e3
@@ -425,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "corrected" in modes:
                     runs.append(("corrected", use_ms, use_ms is not None))
         if mode == "audio" and not relearnt:
-            print("\nwhat audio mode can reach (from the labels; scoring facts only)\n" + audio_ceiling(tests))
+            print("\nwhat audio mode can reach (from the labels; scoring facts only)\n"
+                  + audio_ceiling(tests, [p for _, _, p in results]))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
         if mode == "corrected":
             continue

@@ -116,6 +116,9 @@ class LocateResult:
     learnt_model_sigma_s: float | None
     #: How many shots that was learnt from.
     learnt_from: int
+    #: What the association was given, in time order: the detector's onsets in
+    #: audio mode, the set's picks in picks mode.
+    events: tuple[Event, ...] = ()
 
 
 def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
@@ -154,7 +157,7 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
     engine.ingest_events(events, received_ns=0)
     reports = tuple(sorted(engine.finish(), key=lambda r: r.t_utc_ns))
     return LocateResult(reports, scfg.solver.model_sigma_s, engine.assoc.learnt_model_sigma_s,
-                        engine.assoc.learnt_from)
+                        engine.assoc.learnt_from, tuple(events))
 
 
 def timing_note(result: LocateResult) -> str | None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench_pittsburgh import corrected_test, station_corrections
+from types import SimpleNamespace
+
+from benchmarks.bench_pittsburgh import corrected_test, picked_counts, station_corrections
 from server.import_shotspotter import load_test
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pittsburgh" / "PittsburghPA_DQV_2018-12-18"
@@ -54,3 +56,15 @@ def test_corrected_test_moves_only_the_wav_clocks_by_their_bias():
             assert before.start_utc_ns - after.start_utc_ns == 12_500_000
             assert dataclasses.replace(after, start_utc_ns=before.start_utc_ns) == before
     assert c.recording_set.truth == t.recording_set.truth and c.shots == t.shots
+
+
+def test_picked_counts_counts_wav_sensors_with_an_onset_near_the_label():
+    (t,) = _tests("FP6", ["test_109"])
+    wav = {n.id for n in t.recording_set.nodes if n.wav is not None}
+    s0, s1 = t.shots[0], t.shots[1]
+    events = [SimpleNamespace(node_id=n, t_utc_ns=int(a) + 3_000_000) for n, a in zip(s0.node_ids, s0.t_arrival_ns)]
+    events += [SimpleNamespace(node_id=n, t_utc_ns=int(a) - 7_000_000) for n, a in zip(s1.node_ids, s1.t_arrival_ns)]
+    counts = picked_counts(t, events)
+    assert len(counts) == len(t.shots)
+    assert counts[0] == sum(1 for n in s0.node_ids if n in wav) >= 4   # picks-only sensors do not count
+    assert counts[1] == 0                                              # 7 ms off is not a pick of it
