@@ -10,7 +10,10 @@ Run from the project root:
   (server.import_shotspotter.load_test), its truth block and the other mode's
   data (WAVs in picks mode, arrivals in audio mode) are removed, and
   ``server.locate.locate_set(recording_set, mode=...)`` is called; the located
-  rounds are scored (benchmarks/scoring.py: 0.1 s window, 100 m false radius).
+  rounds are scored (benchmarks/scoring.py: 0.1 s window, 100 m false radius);
+  "in radius" is the share of located rounds whose error is inside the 95 %
+  radius they were reported with, "⊕ truth" the same with the survey's own
+  uncertainty (``SURVEY_R95_M``) combined in quadrature.
   Picks mode also prints the model timing error its association learnt
   (``LocateResult.learnt_model_sigma_s``, no labels); with both modes and no
   --model-sigma-ms, audio mode is then run a second time with the network's
@@ -69,6 +72,11 @@ from benchmarks.scoring import (  # noqa: E402
 from server.import_shotspotter import ShotSpotterTest, find_tests, load_test  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pittsburgh"
+
+#: The surveyed firing positions' own 95 % horizontal radius (m). The data's
+#: README: "GPS-enabled smartphone ... accuracy approximately 2.5 meters", taken as
+#: a 68 % radius (phones report that) of a circular Gaussian, scaled to 95 %.
+SURVEY_R95_M = 2.5 * math.sqrt(math.log(1 / 0.05) / math.log(1 / 0.32))
 
 #: Timing sigma given to the project solver: the picks have 1 ms resolution.
 PICK_SIGMA_S = 0.002
@@ -437,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg)
         else:
             results = run_locator(tests, mode, args.jobs, cfg)
-        summaries = summarize_by_group([score for score, _, _ in results])
+        summaries = summarize_by_group([score for score, _, _ in results], SURVEY_R95_M)
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
         if mode == "picks":

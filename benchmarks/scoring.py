@@ -46,12 +46,14 @@ Solver = Callable[[np.ndarray, np.ndarray, float], tuple[float, float]]
 # ------------------------------------------------------------------ per test
 @dataclass(frozen=True)
 class RoundMatch:
-    """A located round matched to a fired round: indices, horizontal error (m), time offset (s or None)."""
+    """A located round matched to a fired round: indices, horizontal error (m), time offset (s or None),
+    and the 95 % horizontal radius the locator reported (m; None when it reports none)."""
 
     truth_index: int
     located_index: int
     error_m: float
     dt_s: float | None
+    radius_m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def horizontal_error_m(lat: float, lon: float, truth: TruthShot) -> float:
 
 def score_test(truth: Sequence[TruthShot], located: Iterable[Any], *, name: str = "", group: str = "",
                time_window_s: float = TIME_WINDOW_S, false_radius_m: float = FALSE_RADIUS_M) -> TestScore:
-    """Match ``located`` rounds (objects with ``.lat``, ``.lon``, ``.t_utc_ns``) to ``truth``.
+    """Match ``located`` rounds (objects with ``.lat``, ``.lon``, ``.t_utc_ns``, and
+    optionally ``.error_m``: the reported 95 % radius) to ``truth``.
 
     See the module docstring for the rules. ``truth`` must be non-empty.
     """
@@ -126,7 +129,9 @@ def score_test(truth: Sequence[TruthShot], located: Iterable[Any], *, name: str 
             if cost[j, k] < big:
                 i = slot_truth[k]
                 dt = None if np.isnan(dts[j, k]) else float(dts[j, k])
-                matches.append(RoundMatch(truth_index=i, located_index=int(j), error_m=float(dist[j, i]), dt_s=dt))
+                radius = getattr(located[j], "error_m", None)
+                matches.append(RoundMatch(truth_index=i, located_index=int(j), error_m=float(dist[j, i]), dt_s=dt,
+                                          radius_m=None if radius is None else float(radius)))
     matches.sort(key=lambda m: (m.truth_index, m.located_index))
     n_false = int(np.count_nonzero(is_false))
     return TestScore(name=name, group=group, rounds_fired=fired, located_total=n_loc, matches=tuple(matches),
@@ -151,13 +156,21 @@ class Summary:
     within_25m: float
     false_shots: int
     extra_shots: int
+    #: Of the matched rounds with a reported radius, the fraction whose error is inside it (nan: none).
+    in_radius: float = math.nan
+    #: The same with the truth's own 95 % radius combined with the reported one in
+    #: quadrature (``truth_r95_m`` of :func:`summarize`; equal to ``in_radius`` when 0).
+    in_radius_truth: float = math.nan
 
 
-def summarize(scores: Iterable[TestScore], group: str = "all") -> Summary:
-    """Pool ``scores`` into one :class:`Summary` labelled ``group``."""
+def summarize(scores: Iterable[TestScore], group: str = "all", truth_r95_m: float = 0.0) -> Summary:
+    """Pool ``scores`` into one :class:`Summary` labelled ``group``. ``truth_r95_m``:
+    the 95 % horizontal radius of the truth positions themselves (a surveyed
+    position is not exact), for :attr:`Summary.in_radius_truth`."""
     scores = list(scores)
     errs = np.array([e for s in scores for e in s.errors_m], dtype=float)
     fired = sum(s.rounds_fired for s in scores)
+    radii = [(m.error_m, m.radius_m) for s in scores for m in s.matches if m.radius_m is not None]
 
     def pct(q: float) -> float:
         return float(np.percentile(errs, q)) if errs.size else math.nan
@@ -171,14 +184,18 @@ def summarize(scores: Iterable[TestScore], group: str = "all") -> Summary:
         within_15m=frac(int(np.count_nonzero(errs <= 15.0))),
         within_25m=frac(int(np.count_nonzero(errs <= 25.0))),
         false_shots=sum(s.false_shots for s in scores), extra_shots=sum(s.extra_shots for s in scores),
+        in_radius=(sum(1 for e, r in radii if e <= r) / len(radii)) if radii else math.nan,
+        in_radius_truth=(sum(1 for e, r in radii if e <= math.hypot(r, truth_r95_m)) / len(radii))
+        if radii else math.nan,
     )
 
 
-def summarize_by_group(scores: Iterable[TestScore]) -> list[Summary]:
+def summarize_by_group(scores: Iterable[TestScore], truth_r95_m: float = 0.0) -> list[Summary]:
     """One :class:`Summary` per ``group`` (sorted), then the overall one (``"all"``)."""
     scores = list(scores)
     groups = sorted({s.group for s in scores})
-    return [summarize([s for s in scores if s.group == g], g) for g in groups] + [summarize(scores, "all")]
+    return ([summarize([s for s in scores if s.group == g], g, truth_r95_m) for g in groups]
+            + [summarize(scores, "all", truth_r95_m)])
 
 
 def _fmt(x: float, spec: str) -> str:
@@ -186,13 +203,16 @@ def _fmt(x: float, spec: str) -> str:
 
 
 def format_summaries(summaries: Sequence[Summary], markdown: bool = False) -> str:
-    """A text (or markdown) table of ``summaries``."""
+    """A text (or markdown) table of ``summaries``. "in radius": matched rounds
+    whose error is inside the reported 95 % radius; "⊕ truth": the same with the
+    truth's own 95 % radius combined in quadrature (see :func:`summarize`)."""
     head = ["group", "tests", "fired", "located", "recall", "mean m", "median m", "p90 m", "p95 m",
-            "≤15 m", "≤25 m", "false", "extra"]
+            "≤15 m", "≤25 m", "false", "extra", "in radius", "⊕ truth"]
     rows = [[s.group, str(s.tests), str(s.rounds_fired), str(s.located), _fmt(100 * s.recall, ".1f") + " %",
              _fmt(s.mean_m, ".1f"), _fmt(s.median_m, ".1f"), _fmt(s.p90_m, ".1f"), _fmt(s.p95_m, ".1f"),
              _fmt(100 * s.within_15m, ".1f") + " %", _fmt(100 * s.within_25m, ".1f") + " %",
-             str(s.false_shots), str(s.extra_shots)] for s in summaries]
+             str(s.false_shots), str(s.extra_shots), _fmt(100 * s.in_radius, ".0f") + " %",
+             _fmt(100 * s.in_radius_truth, ".0f") + " %"] for s in summaries]
     return _table(head, rows, markdown)
 
 

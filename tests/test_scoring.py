@@ -122,6 +122,28 @@ def test_summaries():
     assert md.splitlines()[1].startswith("|---")
 
 
+@dataclass(frozen=True)
+class LocR(Loc):
+    error_m: float = 0.0
+
+
+def test_in_radius_counts_matched_rounds_inside_their_reported_radius():
+    def at(e, r, t):
+        x = loc(e, 0, t)
+        return LocR(x.lat, x.lon, x.t_utc_ns, r)
+
+    a = score_test([truth(t_s=0), truth(t_s=1), truth(t_s=2)], [at(3, 4, 0), at(5, 4, 1), at(300, 1, 2)], group="FP1")
+    assert [m.radius_m for m in a.matches] == [4, 4]
+    s = summarize([a])                          # the false shot does not count
+    assert s.in_radius == pytest.approx(0.5) and s.in_radius_truth == pytest.approx(0.5)
+    # with the truth's own 95 % radius 3 m: 5 m is inside hypot(4, 3) = 5
+    assert summarize([a], truth_r95_m=3.0).in_radius_truth == pytest.approx(1.0)
+    assert summarize_by_group([a], truth_r95_m=3.0)[-1].in_radius_truth == pytest.approx(1.0)
+    plain = summarize([score_test([truth()], [loc(1, 0, 0)])])    # a locator that reports no radius
+    assert plain.located == 1 and math.isnan(plain.in_radius)
+    assert "50 %" in format_summaries([s]) and "—" in format_summaries([plain])
+
+
 # ------------------------------------------------------------------ subset test
 def _exact_shot(n_rx: int, src=(120.0, -60.0), group="FP1", seed=0) -> SubsetShot:
     rng = np.random.default_rng(seed)
