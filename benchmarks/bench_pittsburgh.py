@@ -249,17 +249,19 @@ def learnt_sigma_summary(tests: list[ShotSpotterTest], learnt: list[float | None
     return "\n".join(lines), net
 
 
-def readme_table(rows: list[tuple[str, str, float, float, float, int, int]], rounds: int) -> str:
+def readme_table(rows: list[tuple[str, str, float, float, float, int, int, float, float]], rounds: int) -> str:
     """The short results table for the README: (what, mode, recall, median m,
-    within 15 m, false, extra) per row; NaN/negative values print as —."""
+    within 15 m, false, extra, in radius, in radius ⊕ survey) per row;
+    NaN/negative values print as —."""
     head = (f"| Pittsburgh (ShotSpotter live-fire, {rounds} rounds) | recall | median error | within 15 m "
-            "| false | extra |")
-    lines = [head, "|---|---|---|---|---|---|"]
-    for what, _, recall, med, w15, false, extra in rows:
+            "| false | extra | in 95 % radius (⊕ survey) |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for what, _, recall, med, w15, false, extra, inr, inr_t in rows:
         fmt = (lambda v, f, unit: "—" if v != v or v < 0 else format(v, f) + unit)
+        radius = "—" if inr != inr else f"{100 * inr:.0f} % ({100 * inr_t:.0f} %)"
         lines.append(f"| {what} | {fmt(100 * recall, '.1f', ' %')} | {fmt(med, '.1f', ' m')} | "
                      f"{fmt(100 * w15, '.1f', ' %')} | "
-                     f"{false if false >= 0 else '—'} | {extra if extra >= 0 else '—'} |")
+                     f"{false if false >= 0 else '—'} | {extra if extra >= 0 else '—'} | {radius} |")
     return "\n".join(lines)
 
 
@@ -474,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                  "audio": "audio mode: ≤ 6 WAVs per test, our detector"}[mode]
         if relearnt:
             label += f", model σ {sigma_ms} ms as learnt in picks mode"
-        readme.append((label, mode, a.recall, a.median_m, a.within_15m, a.false_shots, a.extra_shots))
+        readme.append((label, mode, a.recall, a.median_m, a.within_15m, a.false_shots, a.extra_shots,
+                       a.in_radius, a.in_radius_truth))
 
     if "subsets" in modes:
         shots = subset_shots(tests)
@@ -497,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                 if size is not None and name == "project":
                     a = scores[-1]
                     readme.append((f"solver alone, random {size}-sensor subsets (ShotSpotter: 96.3 % within 15 m)",
-                                   "subsets", math.nan, a.median_m, a.within_15m, -1, -1))
+                                   "subsets", math.nan, a.median_m, a.within_15m, -1, -1, math.nan, math.nan))
         print("\nShotSpotter (TN 098): 96.3 % of six-sensor sub-array solutions within 15 m; mean 2-D error ≈ 4 m.")
 
     if args.markdown:
