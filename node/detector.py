@@ -290,6 +290,11 @@ class Detector:
 
     # ------------------------------------------------------------- internals
     def _update_silence(self, x: np.ndarray, start: int) -> None:
+        if x.all():                 # no zero at all (most audio): only a carried run can end here
+            if self._zero_run >= SILENCE_RUN:
+                self._live_from = max(self._live_from, start + self.warmup)
+            self._zero_run = 0
+            return
         nz = np.flatnonzero(x != 0.0)
         if nz.size == 0:
             self._zero_run += x.size

@@ -127,3 +127,20 @@ def test_pick_goes_back_to_a_weaker_first_arrival(fs, first_snr, late_snr):
     assert abs(o.frame - first) <= 2.0, (o.frame - first) / fs
     (late,) = detect(x, DetectorConfig(lookback_s=0.0), fs)
     assert late.frame - first > 0.010 * fs
+
+
+@pytest.mark.parametrize("cut_s", [1.0, 1.0 - 1 / FS, 1.0 + 1 / FS, 0.5])
+def test_a_chunk_starting_where_the_padding_ends_still_waits_out_the_warm_up(cut_s):
+    """Exact zeros up to 1 s, then noise: an impulse 0.3 s into the noise is inside
+    the LTA's warm-up (no trigger), one 1.5 s in is found, and a chunk boundary at,
+    just before or after the padding's end changes nothing."""
+    rng = np.random.default_rng(9)
+    x = np.concatenate([np.zeros(FS), rng.normal(0, 1e-3, FS * 3)])
+    for t in (1.3, 2.5):
+        x[int(FS * t):] += friedlander(x.size - int(FS * t), 0.0, 0.05, FS)
+    whole = detect(x, DetectorConfig(), FS)
+    assert [round(o.frame / FS, 2) for o in whole] == [2.5]
+    det = Detector(DetectorConfig(), FS)
+    k = int(round(cut_s * FS))
+    got = det.process(x[:k]) + det.process(x[k:]) + det.flush()
+    assert [o.frame for o in got] == [o.frame for o in whole]
