@@ -172,9 +172,11 @@ def station_corrections(tests: list[ShotSpotterTest]) -> dict[tuple[str, str], f
 def corrected_test(t: ShotSpotterTest, corr: dict[tuple[str, str], float]) -> ShotSpotterTest:
     """``t`` with each WAV's start time moved by its sensor's bias (so its onsets
     come out bias-free); sensors without one are unchanged."""
-    nodes = tuple(dataclasses.replace(n, start_utc_ns=n.start_utc_ns - int(round(corr[(t.firing_position, n.id)] * 1e9)))
-                  if n.wav is not None and (t.firing_position, n.id) in corr else n
-                  for n in t.recording_set.nodes)
+    def moved(n):
+        bias_s = corr.get((t.firing_position, n.id)) if n.wav is not None else None
+        return n if bias_s is None else dataclasses.replace(n, start_utc_ns=n.start_utc_ns - int(round(bias_s * 1e9)))
+
+    nodes = tuple(moved(n) for n in t.recording_set.nodes)
     return dataclasses.replace(t, recording_set=dataclasses.replace(t.recording_set, nodes=nodes))
 
 
@@ -221,9 +223,9 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None]:
 def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1,
                 cfg=None) -> list[tuple[TestScore, float | None, list[int] | None]]:
     """Score every test in ``mode``, with the model timing error (s or None) its
-    association learnt and (audio mode) :func:`picked_counts`; ``jobs`` > 1 runs tests in parallel processes (each
-    test's own detection then runs in one process). ``cfg``: ServerConfig
-    (None: the defaults)."""
+    association learnt and (audio mode) :func:`picked_counts`; ``jobs`` > 1 runs
+    tests in parallel processes (each test's own detection then runs in one
+    process). ``cfg``: ServerConfig (None: the defaults)."""
     if jobs <= 1:
         return [_locate_one((t, mode, None, cfg)) for t in tests]
     from concurrent.futures import ProcessPoolExecutor
