@@ -28,6 +28,7 @@ from node.detector import Detector
 from node.pipeline import onset_to_event
 from node.timebase import FixedTimebase
 from node.wav_source import WavError, read_wav
+from server.association import SCALE_MIN_SHOTS
 from server.engine import Engine, ShotReport
 
 Mode = Literal["auto", "picks", "audio"]
@@ -161,12 +162,20 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
 
 
 def timing_note(result: LocateResult) -> str | None:
-    """A line for the operator when the shots showed far larger timing errors
-    than the association assumed (None otherwise): the network's node positions
-    or paths are worse than configured, and shots heard by few nodes are missed
-    for it."""
+    """A line for the operator (None when there is nothing to tell): the shots
+    showed far larger timing errors than the association assumed — the
+    network's node positions or paths are worse than configured, and shots
+    heard by few nodes are missed for it — or too few shots had spare arrivals
+    to check the assumption at all (a small network, or one whose shots the
+    assumption itself kept from forming)."""
     got = result.learnt_model_sigma_s
-    if got is None or got <= 2.0 * result.model_sigma_s:
+    if got is None:
+        return (f"note: the assumed model timing error ({result.model_sigma_s * 1e3:.1f} ms, 1 σ) could not be "
+                f"checked: {result.learnt_from} located shot(s) had spare arrivals to measure it, "
+                f"{SCALE_MIN_SHOTS} are needed. If shots you expected are missing, the node positions or sound "
+                f"paths may be less exact than that: rerun with a larger --model-sigma-ms (ShotSpotter's "
+                f"Pittsburgh street network measured 7.2 ms).")
+    if got <= 2.0 * result.model_sigma_s:
         return None
     return (f"note: the {result.learnt_from} shots with spare arrivals fit as if the network added "
             f"{got * 1e3:.1f} ms (1 σ) to every arrival, where {result.model_sigma_s * 1e3:.1f} ms was assumed; "

@@ -170,3 +170,17 @@ def test_locate_command_prints_json_lines_and_the_timing_note(tmp_path, capsys):
     assert len(out.splitlines()) == 5 and "--model-sigma-ms" not in err
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "earwitness locate:" in capsys.readouterr().err
+
+
+def test_a_network_too_small_to_check_its_timing_is_told_so():
+    """Four nodes, one shot: no spare arrivals to measure the network's timing
+    error with, so the note says the assumption could not be checked."""
+    rng = np.random.default_rng(6)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(4, seed=2)
+    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                      arrivals=tuple(_picks(enu, [(np.array([30.0, -20.0, 1.5]), 1.0)], c, rng)))
+    result = locate(rs, "picks")
+    assert result.learnt_model_sigma_s is None
+    note = timing_note(result)
+    assert note and "could not be checked" in note and "--model-sigma-ms" in note
