@@ -157,7 +157,11 @@ class Arrival:
     """One node's onset as the server sees it. ``pos``: node position (3,) m ENU.
 
     ``snippet`` (optional): the node's raw samples around the onset, sample 0 at
-    ``snippet_t0_ns``, at ``sample_rate_hz`` — for cross-correlation refinement."""
+    ``snippet_t0_ns``, at ``sample_rate_hz`` — for cross-correlation refinement.
+    ``sigma_s``: the onset's own 1-σ timing error (clock and pick; arrivals
+    worse than ``MAX_SIGMA_S`` are not used). ``path_sigma_s``: the 1-σ timing
+    error the node's position uncertainty adds (σ along the ray / c); it weighs
+    the arrival like the model error does, without making it unusable."""
 
     key: int
     node: str
@@ -169,6 +173,12 @@ class Arrival:
     snippet: np.ndarray | None = field(default=None, repr=False, compare=False)
     snippet_t0_ns: int = 0
     sample_rate_hz: float = 0.0
+    path_sigma_s: float = 0.0
+
+    @property
+    def own_sigma_s(self) -> float:
+        """The arrival's timing error before the network's model error (s, 1 σ)."""
+        return math.hypot(self.sigma_s, self.path_sigma_s)
 
 
 @dataclass(frozen=True)
@@ -395,7 +405,7 @@ class Associator:
             return
         self._scales = (self._scales + [shot.solution.scale])[-SCALE_POOL:]
         self.net_scale = float(np.clip(np.median(self._scales), 1.0, MAX_NET_SCALE))
-        own = np.array([a.sigma_s for a in shot.arrivals])
+        own = np.array([a.own_sigma_s for a in shot.arrivals])
         typical = shot.solution.scale * float(np.median(np.hypot(own, self.model_sigma_s)))
         model = math.sqrt(max(typical**2 - float(np.median(own)) ** 2, 0.0))
         self._model_sigmas = (self._model_sigmas + [model])[-SCALE_POOL:]
@@ -906,7 +916,7 @@ class Associator:
         return first
 
     def _sigma(self, arrivals: list[Arrival]) -> np.ndarray:
-        return np.sqrt(np.array([a.sigma_s for a in arrivals]) ** 2 + self.model_sigma_s**2)
+        return np.sqrt(np.array([a.own_sigma_s for a in arrivals]) ** 2 + self.model_sigma_s**2)
 
     def _fine_tolerance(self) -> float:
         """How far (s) an arrival may be from a shot's prediction and still be part
@@ -914,7 +924,7 @@ class Associator:
         arrivals' own, with the model error), never less than ``tolerance_s``."""
         key = (self._pver, self.net_scale)
         if self._ftol[0] != key:      # (once per change of the pending set, not per use)
-            sig = float(np.median([a.sigma_s for a in self._pending])) if self._pending else 0.0
+            sig = float(np.median([a.own_sigma_s for a in self._pending])) if self._pending else 0.0
             tol = self.cfg.tolerance_sigmas * float(np.hypot(sig, self.model_sigma_s)) * self.net_scale
             self._ftol = (key, min(max(self.cfg.tolerance_s, tol),
                                    max(self.cfg.tolerance_s, self.cfg.extend_tolerance_s)))

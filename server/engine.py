@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class Engine:
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
         self._pos_cache: dict[str, tuple[tuple[float, float, float], np.ndarray]] = {}
+        #: Per node, the 1-σ error (m) of its position along any direction, as far as known.
+        self._pos_sigma_m: dict[str, float] = {}
         #: True when the last budgeted :meth:`advance` left decidable events.
         self.behind = False
         self._seen: set[tuple[str, int]] = set()
@@ -173,8 +176,24 @@ class Engine:
         if mark is not None:
             mark.stream_ns = held if held is not None else min(mark.stream_ns, ev.t_utc_ns - 1)
 
+    def set_node_position_sigma(self, node: str, sigma_m: float | None) -> None:
+        """How far (m, 1 σ, along any direction) ``node`` may be from the position
+        it reports (None: exact as far as anyone knows). Its arrivals from now on
+        carry that much more timing error (σ / c): they weigh less in a fit and
+        widen the reported radius, but still count as arrivals."""
+        if sigma_m is None or not math.isfinite(sigma_m) or sigma_m <= 0.0:
+            self._pos_sigma_m.pop(node, None)
+        else:
+            self._pos_sigma_m[node] = float(sigma_m)
+
     def ingest_heartbeat(self, hb: Heartbeat, received_ns: int | None = None) -> None:
         received_ns = self.clock_ns() if received_ns is None else received_ns
+        if "pos_sigma_h_m" in hb.status:
+            # a node's survey reports its horizontal position error, radial (√(σe² + σn²)):
+            # along one direction that is σh / √2; None while it has no survey (configured)
+            sigma_h = hb.status["pos_sigma_h_m"]
+            known = isinstance(sigma_h, (int, float)) and not isinstance(sigma_h, bool)
+            self.set_node_position_sigma(hb.node_id, float(sigma_h) / math.sqrt(2.0) if known else None)
         self._log_changes(self.registry.heartbeat(hb.node_id, hb.status, received_ns))
         mark = self._marks.get(hb.node_id)
         if mark is None:
@@ -212,7 +231,8 @@ class Engine:
         self.assoc.add(Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=sigma_s, pos=pos,
                                peak_dbfs=ev.peak_dbfs, degraded=ev.degraded,
                                snippet=ev.snippet if ev.snippet.size else None,
-                               snippet_t0_ns=ev.snippet_t0_ns, sample_rate_hz=ev.sample_rate_hz))
+                               snippet_t0_ns=ev.snippet_t0_ns, sample_rate_hz=ev.sample_rate_hz,
+                               path_sigma_s=self._pos_sigma_m.get(ev.node_id, 0.0) / self.c))
         mark = self._marks.get(ev.node_id)
         now = self.clock_ns()
         if mark is None:
@@ -335,7 +355,7 @@ class Engine:
             return shot.solution
         rec = np.array([a.pos for a in shot.arrivals])
         ts = (t_ns - shot.ref_ns) * 1e-9
-        sig = np.sqrt(np.array([a.sigma_s for a in shot.arrivals]) ** 2 + scfg.model_sigma_s**2)
+        sig = np.sqrt(np.array([a.own_sigma_s for a in shot.arrivals]) ** 2 + scfg.model_sigma_s**2)
         z = assoc.z_source
         kw = dict(x0=shot.solution.pos, z_source=z if scfg.mode == "2d" else None,
                   z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,

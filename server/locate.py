@@ -136,6 +136,8 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
     m = choose_mode(rs, mode)
     scfg = server_config_for(rs, cfg)
     engine = Engine(scfg, store=None)
+    for n in rs.nodes:
+        engine.set_node_position_sigma(n.id, n.position_sigma_m)
     if m == "picks":
         events = pick_events(rs)
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -184,3 +186,26 @@ def test_a_network_too_small_to_check_its_timing_is_told_so():
     assert result.learnt_model_sigma_s is None
     note = timing_note(result)
     assert note and "could not be checked" in note and "--model-sigma-ms" in note
+
+
+def test_a_nodes_position_uncertainty_weighs_its_arrivals_and_widens_the_radius():
+    """Nodes whose positions may be 3 m off: the shot is still located (their
+    arrivals still count), and its reported radius grows accordingly."""
+    rng = np.random.default_rng(3)
+    c = speed_of_sound(15.0)
+    enu = _nodes_enu(8, seed=4)
+    src = np.array([60.0, 40.0, 1.5])
+    arrivals = tuple(_picks(enu, [(src, 1.0)], c, rng))
+
+    def run(sigma_m):
+        nodes = tuple(dataclasses.replace(n, position_sigma_m=sigma_m) for n in _set_nodes(enu))
+        return locate(RecordingSet(path=None, temperature_c=15.0, nodes=nodes, arrivals=arrivals), "picks")
+
+    exact, unsure = run(None), run(3.0)
+    assert len(exact.reports) == len(unsure.reports) == 1
+    (a,), (b,) = exact.reports, unsure.reports
+    for r in (a, b):
+        assert np.linalg.norm(FRAME.to_enu(r.lat, r.lon, 0.0)[:2] - src[:2]) < 1.0
+    assert len(b.nodes) == 8
+    # 3 m along the ray is ~8.7 ms against 2 ms picks: the radius scales with it
+    assert b.error_m > 3.0 * a.error_m
