@@ -176,7 +176,7 @@ def timing_note(result: LocateResult) -> str | None:
                 f"checked: {result.learnt_from} located shot(s) had spare arrivals to measure it, "
                 f"{SCALE_MIN_SHOTS} are needed. If shots you expected are missing, the node positions or sound "
                 f"paths may be less exact than that: rerun with a larger --model-sigma-ms (ShotSpotter's "
-                f"Pittsburgh street network measured 7.2 ms).")
+                f"Pittsburgh street network measured 7.0 ms).")
     if got <= 2.0 * result.model_sigma_s:
         return None
     return (f"note: the {result.learnt_from} shots with spare arrivals fit as if the network added "
