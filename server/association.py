@@ -915,7 +915,9 @@ class Associator:
             self._first_memo[memo] = first
         return first
 
-    def _sigma(self, arrivals: list[Arrival]) -> np.ndarray:
+    def sigma(self, arrivals: list[Arrival] | tuple[Arrival, ...]) -> np.ndarray:
+        """Each arrival's 1-σ timing error (s) in a solve: its own (onset and
+        node position) and the network's model error, in quadrature."""
         return np.sqrt(np.array([a.own_sigma_s for a in arrivals]) ** 2 + self.model_sigma_s**2)
 
     def _fine_tolerance(self) -> float:
@@ -940,7 +942,7 @@ class Associator:
         scale and one-at-a-time rejection."""
         rec = np.array([a.pos for a in chosen])
         ts = np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in chosen])
-        sig = self._sigma(chosen)
+        sig = self.sigma(chosen)
         fixed = self.z_source if self.z_sigma is None else None
         prior = self.height_prior()
         c_sigma = self.c_sigma if fit_c and len(chosen) >= 5 else None
@@ -1030,7 +1032,7 @@ class Associator:
                 s = self._solve(seed, trial, c, sol.pos, fit_c=self.c_unknown, robust=False)
                 if s is None:
                     continue
-                e = s.residuals_s / self._sigma(trial)
+                e = s.residuals_s / self.sigma(trial)
                 sc = residual_scale(e, self._n_params())
                 if best is None or sc < best[0]:
                     best = (sc, i, s)

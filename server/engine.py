@@ -355,7 +355,7 @@ class Engine:
             return shot.solution
         rec = np.array([a.pos for a in shot.arrivals])
         ts = (t_ns - shot.ref_ns) * 1e-9
-        sig = np.sqrt(np.array([a.own_sigma_s for a in shot.arrivals]) ** 2 + scfg.model_sigma_s**2)
+        sig = assoc.sigma(shot.arrivals)
         z = assoc.z_source
         kw = dict(x0=shot.solution.pos, z_source=z if scfg.mode == "2d" else None,
                   z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,
