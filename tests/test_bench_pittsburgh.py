@@ -4,24 +4,18 @@ mode), on the real data (skipped when it is absent)."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from types import SimpleNamespace
-
 from benchmarks.bench_pittsburgh import corrected_test, picked_counts, station_corrections
+from conftest import shared_data
 from server.import_shotspotter import load_test
-
-ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pittsburgh" / "PittsburghPA_DQV_2018-12-18"
 
 
 def _tests(fp: str, names: list[str]):
-    dirs = [ROOT / fp / n for n in names]
-    if not all(d.is_dir() for d in dirs):
-        pytest.skip(f"shared Pittsburgh data not found under {ROOT} (see ../shared/data/README.md)")
-    return [load_test(d) for d in dirs]
+    return [load_test(shared_data("pittsburgh", "PittsburghPA_DQV_2018-12-18", fp, n)) for n in names]
 
 
 def _shift_labels(t, node_id: str, shift_ns: int):
