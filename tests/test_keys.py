@@ -13,6 +13,7 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from server import keys as K
+from tests.test_net import send_if_queued
 
 
 def mode(p) -> int:
@@ -271,23 +272,13 @@ def test_enrolled_node_gets_through_with_user_id(ctx, keydir):
         auth.stop()
 
 
-def _send_if_queued(c, data: bytes) -> None:
-    """Send from a client whose handshake will be refused: once libzmq has
-    dropped the refused connection there is nowhere to queue it, and that is
-    fine (the point is that nothing gets through)."""
-    try:
-        c.send(data, flags=zmq.NOBLOCK)
-    except zmq.Again:
-        pass
-
-
 def test_unknown_key_gets_nothing_through(ctx, keydir):
     K.enroll(keydir, "n1", "tcp://127.0.0.1:1")
     auth, r, ep = _server(ctx, keydir)
     try:
         pub, sec = zmq.curve_keypair()
         c, mon = _client(ctx, keydir, ep, pub, sec, b"intruder")
-        _send_if_queued(c, b"let me in")
+        send_if_queued(c, [b"let me in"])
         assert _handshake(mon) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
         assert _recv(r, 300) is None
     finally:
@@ -362,7 +353,7 @@ def test_reload_with_malformed_file_fails_closed_for_it(ctx, keydir):
             K.reload(auth, keydir)
         # pyzmq's configure_curve alone would have kept the old list (with a)
         c, mon = _client(ctx, keydir, ep, a.public_key, a.secret_key, b"a")
-        _send_if_queued(c, b"x")
+        send_if_queued(c, [b"x"])
         assert _handshake(mon) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
     finally:
         auth.stop()

@@ -93,6 +93,16 @@ def dealer(ctx, endpoint: str, rid: str | bytes, curve=None) -> zmq.Socket:
     return s
 
 
+def send_if_queued(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send ``frames`` from a client whose handshake will be refused: once libzmq
+    has dropped the refused connection there is nowhere to queue them, and that
+    is fine (the point is that nothing gets through)."""
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
 def recv_acks(sock, want: set[int], timeout_s: float = 3.0) -> set[int]:
     """Receive Acks until every seq in ``want`` was acked (or timeout); returns all acked."""
     got: set[int] = set()

@@ -19,7 +19,7 @@ from node.publisher import CurveClientKeys, Publisher
 from server import keys as K
 from server.main import make_server
 from server.security import secure_server_options
-from tests.test_net import dealer, harness, now_event, recv_acks
+from tests.test_net import dealer, harness, now_event, recv_acks, send_if_queued
 from tests.test_store import heartbeat
 
 
@@ -93,10 +93,7 @@ def test_enrolled_node_delivers_and_unknown_key_gets_nothing_in(tmp_path, keydir
         # refused, and once libzmq has dropped the connection there is nowhere
         # even to queue the message (then the send fails at once)
         plain = dealer(ctx, h.endpoint, "pole-01")
-        try:
-            plain.send_multipart(encode(now_event("pole-01", 10**9 + 1)), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        send_if_queued(plain, encode(now_event("pole-01", 10**9 + 1)))
         for _ in range(20):
             intruder.pub.pump(50)
         assert intruder.pub.unacked == 1 and not plain.poll(100)
