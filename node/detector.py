@@ -148,6 +148,33 @@ def first_rise(hp: np.ndarray, lo: int, hi: int, noise: np.ndarray, peak: float,
     return None
 
 
+def silence_end(x: np.ndarray, carried: int, min_run: int = SILENCE_RUN) -> tuple[int | None, int]:
+    """Digital silence in ``x`` (1-D), which follows ``carried`` exact zeros:
+    (the index in ``x`` of the first sample after the last run of at least
+    ``min_run`` exact zeros that ends within ``x``, or None; how many exact zeros
+    the stream now ends with). Works on the zero samples only, so audio with a
+    few scattered zeros (quiet 16-bit noise) costs one comparison pass."""
+    n = x.size
+    if x.all():                              # no zero at all (most audio)
+        return (0 if carried >= min_run and n else None), 0
+    z = np.flatnonzero(x == 0.0)
+    if z.size == n:
+        return None, carried + n
+    brk = np.flatnonzero(np.diff(z) != 1)    # runs of consecutive zeros: z[first] .. z[last]
+    first = z[np.concatenate(([0], brk + 1))]
+    last = z[np.concatenate((brk, [z.size - 1]))]
+    length = last - first + 1
+    if first[0] == 0:
+        length[0] += carried
+    trailing = int(length[-1]) if last[-1] == n - 1 else 0
+    ended = np.flatnonzero((length >= min_run) & (last < n - 1))
+    if ended.size:
+        return int(last[ended[-1]]) + 1, trailing
+    if first[0] != 0 and carried >= min_run:
+        return 0, trailing
+    return None, trailing
+
+
 def onset_features(hp: np.ndarray, onset_idx: int, fs_hz: float, noise_energy: float) -> dict[str, float]:
     """Waveform features of an impulse starting at ``hp[onset_idx]`` (high-passed,
     full scale 1): SNR, rise time, duration above −20 dB of peak, spectral centroid."""
@@ -290,21 +317,9 @@ class Detector:
 
     # ------------------------------------------------------------- internals
     def _update_silence(self, x: np.ndarray, start: int) -> None:
-        if x.all():                 # no zero at all (most audio): only a carried run can end here
-            if self._zero_run >= SILENCE_RUN:
-                self._live_from = max(self._live_from, start + self.warmup)
-            self._zero_run = 0
-            return
-        nz = np.flatnonzero(x != 0.0)
-        if nz.size == 0:
-            self._zero_run += x.size
-            return
-        # zero runs: before the first nonzero (continuing the carried run) and between nonzeros
-        gaps = np.diff(np.concatenate([[-1 - self._zero_run], nz])) - 1
-        long_ = np.flatnonzero(gaps >= SILENCE_RUN)
-        if long_.size:
-            self._live_from = max(self._live_from, start + int(nz[long_[-1]]) + self.warmup)
-        self._zero_run = x.size - 1 - int(nz[-1])
+        end, self._zero_run = silence_end(x, self._zero_run)
+        if end is not None:
+            self._live_from = max(self._live_from, start + end + self.warmup)
 
     def _find_triggers(self, sta: np.ndarray, lta: np.ndarray, start: int) -> None:
         cfg = self.cfg

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from common.config import DetectorConfig
-from node.detector import Detector, aic_pick, detect
+from node.detector import SILENCE_RUN, Detector, aic_pick, detect, silence_end
 from tests.conftest import friedlander
 
 FS = 48_000
@@ -144,3 +144,29 @@ def test_a_chunk_starting_where_the_padding_ends_still_waits_out_the_warm_up(cut
     k = int(round(cut_s * FS))
     got = det.process(x[:k]) + det.process(x[k:]) + det.flush()
     assert [o.frame for o in got] == [o.frame for o in whole]
+
+
+def _silence_end_by_sample(x: np.ndarray, carried: int) -> tuple[int | None, int]:
+    """silence_end the slow way, one sample at a time."""
+    run, end = carried, None
+    for i, v in enumerate(x):
+        if v == 0.0:
+            run += 1
+            continue
+        if run >= SILENCE_RUN:
+            end = i
+        run = 0
+    return end, run
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(min_value=1, max_value=3 * SILENCE_RUN)), max_size=12),
+       st.integers(min_value=0, max_value=3 * SILENCE_RUN))
+def test_silence_end_matches_a_sample_by_sample_count(runs, carried):
+    """Digital silence is found from the zero samples alone: the same end of the
+    last long zero run, and the same trailing count, as walking every sample —
+    for runs shorter than, equal to and longer than SILENCE_RUN, at either end."""
+    x = np.concatenate([np.zeros(n) if zero else np.full(n, 0.25) for zero, n in runs] or [np.zeros(0)])
+    if x.size == 0:
+        return
+    assert silence_end(x, carried) == _silence_end_by_sample(x, carried)
