@@ -61,6 +61,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.scoring import (  # noqa: E402
+    FALSE_RADIUS_M,
+    Summary,
     SubsetShot,
     TestScore,
     format_subset_scores,
@@ -199,10 +201,12 @@ def picked_counts(t: ShotSpotterTest, events) -> list[int]:
     return out
 
 
-def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None]:
+def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestScore]:
     """Locate one test blind (no truth, only the mode's data) and score it; also
     the model timing error (s) the association learnt from its shots (or None),
-    and, when asked (audio mode), :func:`picked_counts` of the detector's onsets."""
+    when asked (audio mode) :func:`picked_counts` of the detector's onsets, and
+    the score of the located shots together with the candidates for review (what
+    a person confirming every candidate would report)."""
     from server.locate import locate
 
     t, mode, workers, cfg, count_picks = args
@@ -217,11 +221,12 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None]:
     result = locate(blind, mode=mode, workers=workers, cfg=cfg)
     score = score_test(truth, list(result.reports), name=f"{t.firing_position}/{t.name}", group=t.firing_position)
     picked = picked_counts(t, result.events) if count_picks else None
-    return score, result.learnt_model_sigma_s, picked
+    reviewed = score_test(truth, list(result.reports) + list(result.candidates), name=score.name, group=score.group)
+    return score, result.learnt_model_sigma_s, picked, reviewed
 
 
 def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1, cfg=None,
-                count_picks: bool = False) -> list[tuple[TestScore, float | None, list[int] | None]]:
+                count_picks: bool = False) -> list[tuple[TestScore, float | None, list[int] | None, TestScore]]:
     """Score every test in ``mode``, with the model timing error (s or None) its
     association learnt and, with ``count_picks`` (audio mode, the labels' own
     times), :func:`picked_counts` (else None); ``jobs`` > 1 runs
@@ -233,6 +238,23 @@ def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1, cfg=None
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(_locate_one, [(t, mode, 1, cfg, count_picks) for t in tests], chunksize=1))
+
+
+def review_line(shots: Summary, with_candidates: Summary) -> str:
+    """What the candidates for review add to a run's located shots (``shots``:
+    the run's overall summary; ``with_candidates``: the same with every candidate
+    counted as a shot): how many candidates, how many of them rounds not located
+    otherwise, how many false, and the recall if a person confirms the true ones."""
+    def total(x: Summary) -> int:
+        return x.located + x.false_shots + x.extra_shots
+
+    n = total(with_candidates) - total(shots)
+    new = with_candidates.located - shots.located
+    false = with_candidates.false_shots - shots.false_shots
+    return (f"candidates for review: {n} — {new} rounds not located otherwise, {false} false "
+            f"(> {FALSE_RADIUS_M:g} m from the survey), {n - new - false} extra; recall with the true ones "
+            f"confirmed {100 * with_candidates.recall:.1f} % ({with_candidates.located}/"
+            f"{with_candidates.rounds_fired})")
 
 
 def learnt_sigma_summary(tests: list[ShotSpotterTest], learnt: list[float | None]) -> tuple[str, float | None]:
@@ -452,11 +474,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # the ceiling table (below, for the first audio run) counts our picks
             results = run_locator(tests, mode, args.jobs, cfg, count_picks=mode == "audio" and not relearnt)
-        summaries = summarize_by_group([score for score, _, _ in results], SURVEY_R95_M)
+        summaries = summarize_by_group([score for score, *_ in results], SURVEY_R95_M)
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
+        print(review_line(summaries[-1], summarize_by_group([r for *_, r in results], SURVEY_R95_M)[-1]))
         if mode == "picks":
-            text, net = learnt_sigma_summary(tests, [x for _, x, _ in results])
+            text, net = learnt_sigma_summary(tests, [x for _, x, *_ in results])
             print("\nmodel timing error the association learnt (shots with spare arrivals; no labels)\n" + text)
             learnt_ms = round(net * 1e3, 1) if net is not None else None
             default_ms = cfg.solver.model_sigma_s * 1e3
@@ -472,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(("corrected", use_ms, use_ms is not None))
         if mode == "audio" and not relearnt:
             print("\nwhat audio mode can reach (from the labels; scoring facts only)\n"
-                  + audio_ceiling(tests, [p for _, _, p in results]))
+                  + audio_ceiling(tests, [p for _, _, p, _ in results]))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
         if mode == "corrected":
             continue

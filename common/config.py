@@ -158,6 +158,12 @@ class AssociationConfig:
     #: sounds as good as a candidate shot (see server/association.py). It is a
     #: rate per searched arrival: a busy network searches thousands an hour.
     max_chance: float = 1e-4
+    #: A line-up that would be a shot but for ``max_chance`` — found among the
+    #: arrivals the association put aside, with at most this expected number of
+    #: chance alignments — is reported as an *unconfirmed candidate* for an
+    #: analyst to review (stored, published on its own topic; never a shot, never
+    #: part of an incident). 0.1: timing gives 10:1 against coincidence. 0: off.
+    review_max_chance: float = 0.1
     #: An arrival belongs to a shot if its residual is within ``tolerance_sigmas``
     #: times the typical timing error (the events' own σ combined with the
     #: solver's ``model_sigma_s``), and never less than ``tolerance_s``.

@@ -353,6 +353,36 @@ class Associator:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def oldest_pending_ns(self) -> int | None:
+        """The time of the earliest arrival not decided yet (None: none pending).
+        Every arrival before it has been formed into a shot or put aside for good."""
+        return min((a.t_ns for a in self._pending), default=None)
+
+    def note_formed(self, shot: Association) -> None:
+        """A shot formed by another associator (the main one, for the review one):
+        the sounds that trail it at its nodes are judged against it — its echoes
+        are not line-ups of their own — as they are where it was formed."""
+        self._recent.append(shot)
+        for a in shot.arrivals:
+            self.add_node(a.node, a.pos)
+            self._heard.setdefault(a.node, []).append((a.t_ns, a.peak_dbfs))
+
+    def adopt_network(self, other: Associator) -> None:
+        """Take what ``other`` knows of the network — its nodes, timing scale,
+        pooled wind, source height — as this associator's own (the review
+        associator searches the main one's leftovers with the main one's view of
+        the network; it forms too few shots to learn it). Searches made under a
+        different view are redone."""
+        for node, pos in other._nodes.items():
+            self.add_node(node, pos)
+        learnt = (other.net_scale, other.wind_mps, other.wind_sigma_mps, other.z_source)
+        if learnt != (self.net_scale, self.wind_mps, self.wind_sigma_mps, self.z_source):
+            self._cache, self._seed_t = {}, {}
+        self.net_scale, self.wind_mps, self.wind_sigma_mps, self.z_source = learnt
+        self._scales, self._model_sigmas = list(other._scales), list(other._model_sigmas)
+        self._winds = list(other._winds)
+
     def max_travel_ns(self) -> int:
         """Longest time one shot's arrivals can be spread over: the widest node
         pair, but no more than two hearing ranges (two nodes that both hear a

@@ -53,7 +53,7 @@ GENESIS = "0" * 64
 KINDS = ("insert", "update", "delete", "review")
 #: Tables the default loader may read, and each one's key column.
 AUDITED_TABLES: Mapping[str, str] = {
-    "events": "id", "shots": "id", "incidents": "id",
+    "events": "id", "shots": "id", "incidents": "id", "candidates": "id",
     "event_outcomes": "event_id", "incident_updates": "id",
 }
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

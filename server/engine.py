@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -59,6 +59,39 @@ class ShotReport:
         }
 
 
+@dataclass(frozen=True)
+class CandidateReport:
+    """An unconfirmed candidate: a line-up of arrivals the association put aside
+    that fits one source, but whose timing is too likely a coincidence for a
+    shot (expected ``chance`` alignments as good, between ``max_chance`` and
+    ``review_max_chance``). For an analyst to review, with the events it is made
+    of (``event_ids``: the store's, None without a store); never part of an
+    incident. ``error_m``: 95 % horizontal radius (m) of the association's solution;
+    ``candidate_id``: the store's id (``earwitness locate`` numbers them 1, 2, … in
+    time order)."""
+
+    candidate_id: int | None
+    t_utc_ns: int
+    lat: float
+    lon: float
+    alt: float
+    error_m: float
+    residual_ms: float
+    nodes: tuple[str, ...]
+    chance: float
+    event_ids: tuple[int, ...] | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "candidate": self.candidate_id,
+            "time_utc": ns_to_iso(self.t_utc_ns), "time": ns_to_s(self.t_utc_ns),
+            "lat": round(self.lat, 7), "lon": round(self.lon, 7), "alt": round(self.alt, 1),
+            "error_m": round(self.error_m, 2), "nodes": list(self.nodes),
+            "residual_ms": round(self.residual_ms, 3), "chance": float(f"{self.chance:.3g}"),
+            "event_ids": None if self.event_ids is None else list(self.event_ids),
+        }
+
+
 @dataclass
 class _NodeMark:
     stream_ns: int
@@ -90,6 +123,14 @@ class Engine:
             self.c_sigma = 0.6 * cfg.solver.temperature_sigma_c
         self.assoc = Associator(cfg.association, c_try, z_source=None, model_sigma_s=cfg.solver.model_sigma_s,
                                 z_sigma=cfg.solver.height_sigma_m if cfg.solver.mode == "auto" else None)
+        #: Searches the arrivals the association put aside for line-ups that would
+        #: be shots but for ``max_chance``: candidates for review (None: off).
+        self.review: Associator | None = None
+        if cfg.association.review_max_chance > cfg.association.max_chance:
+            self.review = Associator(replace(cfg.association, max_chance=cfg.association.review_max_chance),
+                                     c_try, z_source=None, model_sigma_s=cfg.solver.model_sigma_s,
+                                     z_sigma=self.assoc.z_sigma)
+        self._new_candidates: list[CandidateReport] = []
         self.incidents = IncidentTracker(cfg.incidents)
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
@@ -103,7 +144,7 @@ class Engine:
         self.registry = NodeRegistry(cfg.association.stale_node_s)
         self._next_key = 1
         self.counters = {"events": 0, "duplicates": 0, "conflicts": 0, "shots": 0, "unassociated": 0,
-                         "store_errors": 0}
+                         "candidates": 0, "store_errors": 0}
         self._store_error_logged = -1e18
         if store is not None:
             # After a restart, every node known from before holds the watermark until
@@ -284,16 +325,23 @@ class Engine:
         if wm is None:
             return []
         out = self._decide(wm, None if budget_s is None else time.monotonic() + budget_s)
-        self.behind = self.assoc.incomplete
+        self.behind = self.assoc.incomplete or (self.review is not None and self.review.incomplete)
         return out
 
     def finish(self) -> list[ShotReport]:
         """Decide every pending event (no more input will come)."""
         return self._decide(None)
 
+    def take_candidates(self) -> list[CandidateReport]:
+        """The candidates for review decided since the last call (time order)."""
+        out, self._new_candidates = sorted(self._new_candidates, key=lambda c: c.t_utc_ns), []
+        return out
+
     def _decide(self, watermark_ns: int | None, deadline: float | None = None) -> list[ShotReport]:
         shots, rejected = self.assoc.step(watermark_ns, deadline)
         if not shots and not rejected:
+            if self.review is not None and self.review.pending:
+                self._review([], [], watermark_ns, deadline)     # the watermark may have freed some
             return []
         reports: list[ShotReport] = []
         now = self.clock_ns()
@@ -324,7 +372,59 @@ class Engine:
                           "retrying (%d failures so far)", len(shots), len(rejected), exc,
                           self.counters["store_errors"])
             return []
+        self._review(shots, rejected, watermark_ns, deadline)
         return reports
+
+    def _review(self, shots: list[Association], rejected: list[Arrival], watermark_ns: int | None,
+                deadline: float | None) -> None:
+        """Search what the association put aside for candidates to review. The
+        review associator knows the main one's shots (their echoes are judged
+        against them) and its view of the network; it decides a line-up only once
+        every arrival that could be part of it is final in the main one (before
+        its oldest undecided arrival)."""
+        review = self.review
+        if review is None:
+            return
+        for shot in shots:
+            review.note_formed(shot)
+        for a in rejected:
+            review.add(a)
+        review.adopt_network(self.assoc)
+        oldest = self.assoc.oldest_pending_ns
+        wm = watermark_ns if oldest is None else oldest if watermark_ns is None else min(oldest, watermark_ns)
+        cands, _ = review.step(wm, deadline)
+        if not cands:
+            return
+        now = self.clock_ns()
+        ctx = self.store.transaction() if self.store is not None else nullcontext()
+        try:
+            with ctx:
+                reports = [self._candidate_report(c, now) for c in cands]
+        except StoreError as exc:
+            self.counters["store_errors"] += 1
+            for c in cands:                  # reviewed again at the next step
+                for a in c.arrivals:
+                    review.add(a)
+            if time.monotonic() - self._store_error_logged >= STORE_ERROR_LOG_S:
+                self._store_error_logged = time.monotonic()
+                log.error("could not record %d candidate(s) for review: %s; retrying", len(cands), exc)
+            return
+        self.counters["candidates"] += len(reports)
+        self._new_candidates.extend(reports)
+
+    def _candidate_report(self, cand: Association, now_ns: int) -> CandidateReport:
+        sol = cand.solution
+        assert self.frame is not None
+        lat, lon, alt = (float(v) for v in self.frame.to_wgs84(sol.pos))
+        nodes = tuple(a.node for a in cand.arrivals)
+        cid, ids = None, None
+        if self.store is not None:
+            ids = tuple(a.key for a in cand.arrivals)
+            cid = self.store.insert_candidate(cand.t0_ns, lat, lon, alt, sol.error95_m, sol.rms_s * 1e3,
+                                              list(nodes), cand.chance, list(ids), now_ns)
+        return CandidateReport(candidate_id=cid, t_utc_ns=cand.t0_ns, lat=lat, lon=lon, alt=alt,
+                               error_m=sol.error95_m, residual_ms=sol.rms_s * 1e3, nodes=nodes,
+                               chance=cand.chance, event_ids=ids)
 
     def _final_solution(self, shot: Association):
         """The association's solution, re-solved with what the shot's arrivals can

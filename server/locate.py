@@ -29,7 +29,7 @@ from node.pipeline import onset_to_event
 from node.timebase import FixedTimebase
 from node.wav_source import WavError, read_wav
 from server.association import SCALE_MIN_SHOTS
-from server.engine import Engine, ShotReport
+from server.engine import CandidateReport, Engine, ShotReport
 
 Mode = Literal["auto", "picks", "audio"]
 #: Timing uncertainty of a recording's GPS start stamp (1 σ, ns).
@@ -120,6 +120,9 @@ class LocateResult:
     #: What the association was given, in time order: the detector's onsets in
     #: audio mode, the set's picks in picks mode.
     events: tuple[Event, ...] = ()
+    #: Unconfirmed candidates for review (time order): line-ups among the
+    #: arrivals no shot took that would be shots but for the chance threshold.
+    candidates: tuple[CandidateReport, ...] = ()
 
 
 def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
@@ -160,7 +163,8 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
     engine.ingest_events(events, received_ns=0)
     reports = tuple(sorted(engine.finish(), key=lambda r: r.t_utc_ns))
     return LocateResult(reports, scfg.solver.model_sigma_s, engine.assoc.learnt_model_sigma_s,
-                        engine.assoc.learnt_from, tuple(events))
+                        engine.assoc.learnt_from, tuple(events),
+                        tuple(replace(c, candidate_id=k) for k, c in enumerate(engine.take_candidates(), 1)))
 
 
 def timing_note(result: LocateResult) -> str | None:
@@ -203,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chance", type=float, metavar="P",
                    help="largest accepted expected number of chance alignments per searched arrival "
                         "(default 1e-4; small sparse recordings may need 0.01 to accept 4-node shots)")
+    p.add_argument("--review", action="store_true",
+                   help="also list the unconfirmed candidates: line-ups no shot took that fit one source but "
+                        "whose timing could be a coincidence (up to [association] review_max_chance, 0.1), "
+                        "for a person to check; with --json they are lines with a \"candidate\" key")
     return p
 
 
@@ -247,16 +255,32 @@ def main(argv: list[str]) -> int:
     except (RecordingSetError, WavError, FileNotFoundError) as exc:
         print(f"earwitness locate: {exc}", file=sys.stderr)
         return 2
+    cands = list(result.candidates) if args.review else []
     if args.json:
         for r in reports:
             print(json.dumps(r.to_json()))
+        for c in cands:
+            print(json.dumps(c.to_json()))
     else:
         print(f"{'incident':>8} {'round':>5}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7} "
               f"{'rms ms':>6}  nodes")
         for r in reports:
             print(f"{r.incident:>8} {r.round:>5}  {ns_to_iso(r.t_utc_ns):<26} {r.lat:>11.6f} {r.lon:>12.6f} "
                   f"{r.error_m:>7.1f} {r.residual_ms:>6.2f}  {len(r.nodes)}: {', '.join(r.nodes)}")
+        if cands:
+            print("\nunconfirmed candidates for review (timing alone could be a coincidence: "
+                  "expected chance alignments as good)")
+            print(f"{'cand':>8} {'chance':>6}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7} "
+                  f"{'rms ms':>6}  nodes")
+            for c in cands:
+                print(f"{c.candidate_id:>8} {c.chance:>6.2g}  {ns_to_iso(c.t_utc_ns):<26} {c.lat:>11.6f} "
+                      f"{c.lon:>12.6f} {c.error_m:>7.1f} {c.residual_ms:>6.2f}  {len(c.nodes)}: {', '.join(c.nodes)}")
         print(f"{len(reports)} shots located", file=sys.stderr)
+    if args.review:
+        print(f"{len(cands)} unconfirmed candidate(s) for review", file=sys.stderr)
+    elif result.candidates:
+        print(f"{len(result.candidates)} unconfirmed candidate(s) for review: see them with --review",
+              file=sys.stderr)
     note = timing_note(result)
     if note:
         print(note, file=sys.stderr)

@@ -6,7 +6,8 @@
   enrolled node keys complete the handshake, and every message must come from a
   key that is enrolled *now* and speak for the node that key was enrolled as.
 * PUB at ``ServerConfig.publish``: one JSON message per located shot, topic
-  ``shot`` (see docs/protocol.md), for maps, dispatch tools and webhook relays.
+  ``shot`` (see docs/protocol.md), for maps, dispatch tools and webhook relays;
+  and one per unconfirmed candidate for an analyst to review, topic ``candidate``.
 
 Every received message is checked — sender key, frames, :func:`common.protocol.decode`,
 identity, plausibility — and anything wrong is counted per reason
@@ -33,7 +34,7 @@ import zmq
 from common.config import ServerConfig
 from common.protocol import (MAX_ACK_SEQS, MAX_FRAME_BYTES, Ack, Event, Heartbeat, ProtocolError,
                              decode, encode)
-from server.engine import Engine, ShotReport
+from server.engine import CandidateReport, Engine, ShotReport
 from server.keys import drop_connections, frame_user_id
 
 log = logging.getLogger("earwitness.server")
@@ -164,6 +165,7 @@ class IngestServer:
         self._peer_keys: dict[str, str] = {}     # User-Id → node id, of keys seen delivering
         self._last_hb: dict[str, int] = {}
         self.reports: list[ShotReport] = []
+        self.candidates: list[CandidateReport] = []
 
     # ------------------------------------------------------------- loop
     def run(self, stop: threading.Event, step_s: float = 0.05) -> None:
@@ -248,6 +250,8 @@ class IngestServer:
                     ", ".join(sorted(gone.values())))
 
     def publish(self, reports: list[ShotReport]) -> None:
+        """Publish located shots (topic ``shot``), then the candidates for review
+        the engine decided with them (topic ``candidate``)."""
         for rep in reports:
             self.reports.append(rep)
             try:
@@ -256,6 +260,12 @@ class IngestServer:
                 self._rlog.warn("publish-failed", str(exc))
             if self.on_shot is not None:
                 self.on_shot(rep)
+        for cand in self.engine.take_candidates():
+            self.candidates.append(cand)
+            try:
+                self.pub.send_multipart([b"candidate", json.dumps(cand.to_json()).encode()], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                self._rlog.warn("publish-failed", str(exc))
 
     def finish(self) -> list[ShotReport]:
         """Decide everything pending (end of a simulation) and publish it."""

@@ -72,6 +72,17 @@ CREATE TABLE IF NOT EXISTS shots (
     nodes TEXT NOT NULL,
     created_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    t_utc_ns INTEGER NOT NULL,
+    lat REAL NOT NULL, lon REAL NOT NULL, alt REAL NOT NULL,
+    error_m REAL NOT NULL,
+    residual_ms REAL NOT NULL,
+    nodes TEXT NOT NULL,
+    chance REAL NOT NULL,
+    event_ids TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS event_outcomes (
     event_id INTEGER PRIMARY KEY REFERENCES events (id),
     shot_id INTEGER REFERENCES shots (id),
@@ -119,6 +130,22 @@ class ShotRow:
     error_m: float
     residual_ms: float
     nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """A stored candidate for review (see server/engine.py CandidateReport)."""
+
+    id: int
+    t_utc_ns: int
+    lat: float
+    lon: float
+    alt: float
+    error_m: float
+    residual_ms: float
+    nodes: tuple[str, ...]
+    chance: float
+    event_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -373,6 +400,28 @@ class Store:
             "SELECT id, incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes"
             " FROM shots ORDER BY t_utc_ns").fetchall()
         return [ShotRow(*r[:9], nodes=tuple(json.loads(r[9]))) for r in rows]
+
+    def insert_candidate(self, t_utc_ns: int, lat: float, lon: float, alt: float, error_m: float,
+                         residual_ms: float, nodes: list[str], chance: float, event_ids: list[int],
+                         created_ns: int) -> int:
+        """Store a candidate for review (its events keep their "unassociated"
+        outcome; ``event_ids`` name them), sealed into the audit chain."""
+        with self.transaction() as c:
+            cid = int(c.execute(
+                "INSERT INTO candidates (t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, chance, event_ids,"
+                " created_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (t_utc_ns, lat, lon, alt, error_m, residual_ms, json.dumps(list(nodes)), float(chance),
+                 json.dumps([int(i) for i in event_ids]), created_ns),
+            ).lastrowid)
+            self.audit.seal("insert", "candidates", cid, t_utc_ns=created_ns)
+        return cid
+
+    def candidates(self) -> list[CandidateRow]:
+        rows = self.conn.execute(
+            "SELECT id, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, chance, event_ids"
+            " FROM candidates ORDER BY t_utc_ns").fetchall()
+        return [CandidateRow(*r[:7], nodes=tuple(json.loads(r[7])), chance=r[8],
+                             event_ids=tuple(json.loads(r[9]))) for r in rows]
 
     # ------------------------------------------------------------ reviews
     def review_shot(self, shot_id: int, verdict: str, reviewer: str, note: str = "",

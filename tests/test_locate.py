@@ -209,3 +209,29 @@ def test_a_nodes_position_uncertainty_weighs_its_arrivals_and_widens_the_radius(
     assert len(b.nodes) == 8
     # 3 m along the ray is ~8.7 ms against 2 ms picks: the radius scales with it
     assert b.error_m > 3.0 * a.error_m
+
+
+def test_locate_lists_candidates_for_review_on_request(tmp_path, capsys):
+    """Four nodes, one shot: too little to vouch for a shot, so none is located;
+    `--review` lists the line-up as candidate 1 where the shot was (JSON: a
+    "candidate" line), and without it stderr says there is one to see."""
+    import json
+
+    rng = np.random.default_rng(6)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(4, seed=2)
+    src = np.array([30.0, -20.0, 1.5])
+    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                      arrivals=tuple(_picks(enu, [(src, 1.0)], c, rng)))
+    write_set(tmp_path / "set", rs)
+    assert main([str(tmp_path / "set"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "1 unconfirmed candidate(s) for review: see them with --review" in err
+    assert main([str(tmp_path / "set"), "--json", "--review"]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["candidate"] == 1 and len(line["nodes"]) == 4 and 1e-4 < line["chance"] <= 0.1
+    xy = FRAME.to_enu(line["lat"], line["lon"], 0.0)[:2]
+    assert np.hypot(*(xy - src[:2])) < 5.0
+    assert main([str(tmp_path / "set"), "--review"]) == 0
+    out = capsys.readouterr().out
+    assert "unconfirmed candidates for review" in out and out.count("n0") == 1

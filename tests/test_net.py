@@ -163,6 +163,28 @@ def test_shots_are_published_as_json(tmp_path, ctx):
         assert sorted(doc["nodes"]) == sorted(nodes) and doc["error_m"] < 5
 
 
+def test_candidates_for_review_are_published_on_their_own_topic(tmp_path, ctx):
+    """Four nodes hear one sound: no shot, but a candidate on topic "candidate"
+    (a subscriber to "shot" alone does not see it)."""
+    with harness(tmp_path) as h:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"candidate")
+        sub.connect(h.server.pub_bound)
+        time.sleep(0.2)                          # let the subscription reach the PUB
+        nodes = node_grid(4, spacing=300.0)
+        socks = {n: dealer(ctx, h.endpoint, n) for n in nodes}
+        seqs: dict[str, int] = {}
+        for ev in shot_events(nodes, np.array([110.0, 170.0, 1.5]), time.time_ns() - 20 * 10**9, seqs):
+            socks[ev.node_id].send_multipart(encode(ev))
+        for n, p in nodes.items():
+            socks[n].send_multipart(encode(heartbeat(n, p, time.time_ns())))
+        assert sub.poll(5000), "no candidate published"
+        topic, body = sub.recv_multipart()
+        doc = json.loads(body)
+        assert topic == b"candidate" and doc["candidate"] >= 1 and sorted(doc["nodes"]) == sorted(nodes)
+        assert h.server.reports == [] and len(h.store.candidates()) == 1
+
+
 # ------------------------------------------------------------ hostile input
 def _valid_body(ev: Event) -> dict:
     return msgpack.unpackb(encode(ev)[1], raw=False)

@@ -1,0 +1,102 @@
+"""Candidates for review: line-ups among the arrivals no shot took that would be
+shots but for the chance threshold (server/engine.py, Engine._review)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from common.config import ServerConfig
+from server.engine import Engine
+from server.store import Store
+from tests.test_store import C20, FRAME, T0, heartbeat, make_event, node_grid, shot_events
+
+#: Four nodes on a 400 m square, and a shot inside it.
+SQUARE = {f"s{i}": np.array([x, y, 5.0]) for i, (x, y) in enumerate([(0, 0), (400, 0), (0, 400), (400, 400)])}
+SRC = np.array([150.0, 230.0, 1.5])
+
+
+def _engine(review_max_chance: float = 0.1, store: Store | None = None) -> Engine:
+    cfg = ServerConfig(database="x", temperature_c=20.0, allow_plaintext=True)
+    cfg = dataclasses.replace(cfg, association=dataclasses.replace(cfg.association,
+                                                                   review_max_chance=review_max_chance))
+    return Engine(cfg, store)
+
+
+def _offset_m(lat: float, lon: float, src: np.ndarray) -> float:
+    return float(np.hypot(*(FRAME.to_enu(lat, lon, 0.0)[:2] - src[:2])))
+
+
+def test_a_lone_four_node_shot_is_a_candidate_not_a_shot():
+    """Four arrivals fit one source exactly, but with one arrival to spare that
+    is no proof (expected chance alignments ~2·10⁻³ > max_chance 10⁻⁴): no shot,
+    one candidate where the shot was, carrying its chance. Off: nothing."""
+    for review in (0.1, 0.0):
+        eng = _engine(review)
+        eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+        assert eng.finish() == []
+        cands = eng.take_candidates()
+        if review == 0.0:
+            assert cands == [] and eng.review is None
+            continue
+        (c,) = cands
+        assert _offset_m(c.lat, c.lon, SRC) < 1.0
+        assert sorted(c.nodes) == sorted(SQUARE) and eng.cfg.association.max_chance < c.chance <= 0.1
+        assert abs(c.t_utc_ns - (T0 + 10**9)) < 10**6
+        assert c.to_json()["chance"] == pytest.approx(c.chance, rel=1e-2)
+        assert eng.take_candidates() == []              # handed out once
+        assert eng.counters["candidates"] == 1
+
+
+def test_echoes_of_a_located_shot_are_no_candidate():
+    """A shot heard by nine nodes, and at every node its echo 0.2 s later, 20 dB
+    weaker: one shot, and its echoes — put aside by the association — are judged
+    against it in review too, not offered as a second source."""
+    nodes = node_grid(9)
+    seqs: dict[str, int] = {}
+    evs = shot_events(nodes, np.array([120.0, 80.0, 1.5]), T0 + 10**9, seqs)
+    echoes = [dataclasses.replace(e, seq=e.seq + 100, t_utc_ns=e.t_utc_ns + 200_000_000,
+                                  snippet_t0_ns=e.snippet_t0_ns + 200_000_000, peak_dbfs=-26.0) for e in evs]
+    eng = _engine()
+    eng.ingest_batch(sorted(evs + echoes, key=lambda e: e.t_utc_ns))
+    (shot,) = eng.finish()
+    assert len(shot.nodes) == 9
+    assert eng.take_candidates() == []
+    assert eng.counters["unassociated"] == 9
+
+
+def test_candidates_are_stored_sealed_and_name_their_events(tmp_path):
+    st = Store(tmp_path / "db.sqlite")
+    eng = _engine(store=st)
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+    assert eng.finish() == []
+    (c,) = eng.take_candidates()
+    (row,) = st.candidates()
+    assert row.id == c.candidate_id and row.event_ids == c.event_ids and len(row.event_ids) == 4
+    assert (row.t_utc_ns, row.lat, row.lon, row.chance) == (c.t_utc_ns, c.lat, c.lon, c.chance)
+    outcomes = dict(st.conn.execute("SELECT event_id, outcome FROM event_outcomes").fetchall())
+    assert {outcomes[i] for i in row.event_ids} == {"unassociated"}
+    assert st.verify().ok
+    st.conn.execute("UPDATE candidates SET lat = lat + 0.001")
+    assert not st.verify().ok                           # the candidate row is sealed
+    st.close()
+
+
+def test_a_live_server_decides_a_candidate_once_the_watermark_passes_it():
+    """Live, a candidate waits like a shot does: until every node has reported
+    audio past the latest time its arrivals could come."""
+    eng = _engine()
+    now = T0 + 100 * 10**9
+    for i, (n, p) in enumerate(SQUARE.items()):
+        eng.ingest_heartbeat(heartbeat(n, p, T0, seq=i), received_ns=now)
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}), received_ns=now)
+    for n, p in SQUARE.items():                        # audio up to just after the shot
+        eng.ingest_heartbeat(heartbeat(n, p, T0 + 2 * 10**9, seq=10), received_ns=now)
+    assert eng.advance(now_ns=now) == [] and eng.take_candidates() == []
+    for n, p in SQUARE.items():                        # and well past it
+        eng.ingest_heartbeat(heartbeat(n, p, T0 + 10 * 10**9, seq=11), received_ns=now)
+    assert eng.advance(now_ns=now) == []
+    (c,) = eng.take_candidates()
+    assert _offset_m(c.lat, c.lon, SRC) < 1.0
