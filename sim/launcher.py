@@ -23,7 +23,7 @@ from node.outbox import Outbox
 from node.pipeline import NodeRunner
 from node.publisher import Publisher
 from node.timebase import FixedTimebase
-from server.engine import Engine, ShotReport
+from server.engine import CandidateReport, Engine, ShotReport
 from server.net import IngestServer
 from server.store import Store
 from sim.adapters import SimAudioSource
@@ -61,6 +61,8 @@ class SimResult:
     score: SimScore
     wall_s: float
     server_counters: dict
+    #: Line-ups the server offered for review instead (never shots).
+    candidates: tuple[CandidateReport, ...] = ()
 
     def report(self) -> dict:
         truth = [{"lat": t.lat, "lon": t.lon, "t_ns": t.t_emit_utc_ns, "incident": t.incident_id,
@@ -157,7 +159,8 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
     sc = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy,
                np.array([r.t_utc_ns for r in reports]), e_xy)
     counters = dict(server.counters, **engine.counters)
-    return SimResult(town, scen, reports, sc, time.perf_counter() - t_start, counters)
+    return SimResult(town, scen, reports, sc, time.perf_counter() - t_start, counters,
+                     tuple(sorted(server.candidates, key=lambda c: c.t_utc_ns)))
 
 
 def plot_result(res: SimResult, path: str | Path) -> Path:
@@ -185,4 +188,6 @@ def format_summary(res: SimResult) -> str:
     return (f"{s.located}/{s.total} rounds located ({100 * s.located / max(s.total, 1):.0f} %), "
             f"median error {med}, p95 {p95}, {s.false_shots} false shots; "
             f"{res.server_counters.get('events', 0)} events from {res.town.n_nodes} nodes, "
-            f"{res.server_counters.get('unassociated', 0)} not part of a shot; {res.wall_s:.1f} s")
+            f"{res.server_counters.get('unassociated', 0)} not part of a shot"
+            + (f", {n} candidate(s) for review" if (n := res.server_counters.get('candidates', 0)) else "")
+            + f"; {res.wall_s:.1f} s")

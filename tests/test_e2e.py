@@ -17,7 +17,7 @@ from node.wav_source import write_wav
 from server.engine import Engine
 from server.net import IngestServer
 from server.store import Store
-from sim.launcher import SimOptions, run_sim
+from sim.launcher import SimOptions, format_summary, run_sim
 from sim.render import NodeRenderer
 from sim.world import make_scenario, make_town
 from tests.conftest import PROJECT
@@ -38,6 +38,9 @@ def test_simulated_network_locates_every_round(nodes):
     assert doc["summary"]["located"] == s.located
     incidents = {r.incident for r in res.reports}
     assert len(incidents) == 3              # the burst is one incident
+    # line-ups offered for review instead of shots are counted, kept and told
+    assert res.server_counters["candidates"] == len(res.candidates)
+    assert ("for review" in format_summary(res)) == bool(res.candidates)
 
 
 @pytest.mark.slow
