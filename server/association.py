@@ -291,6 +291,10 @@ class Associator:
         self._unexplained: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         #: :meth:`_is_first` answers for the current index, by (arrival key, pending version).
         self._first_memo: dict[tuple[int, int], bool] = {}
+        #: Arrivals whose search failed only the chance threshold (see came_close),
+        #: and arrivals not to be searched from (see add).
+        self._weak: set[int] = set()
+        self._pool_only: set[int] = set()
         #: The network's timing-error scale (× the a-priori σ), learnt from recent
         #: well-determined shots: widens the fine tolerance where the deployment's
         #: timing is worse than its nodes claim (positions, wind, urban paths).
@@ -304,8 +308,13 @@ class Associator:
         self._winds: list[tuple[np.ndarray, np.ndarray]] = []   # (information · wind, data information)
 
     # ------------------------------------------------------------- inputs
-    def add(self, arrival: Arrival) -> None:
+    def add(self, arrival: Arrival, seed: bool = True) -> None:
+        """Queue an arrival. ``seed=False``: it may join a shot found from another
+        arrival, but is not searched from itself (the review associator searches
+        only from the arrivals whose own search came close; see :meth:`came_close`)."""
         self.add_node(arrival.node, arrival.pos)
+        if not seed:
+            self._pool_only.add(arrival.key)
         self._pending.append(arrival)
         self._pver += 1
         self._by_node = None
@@ -352,6 +361,15 @@ class Associator:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def came_close(self, key: int) -> bool:
+        """Whether the search from arrival ``key`` found a candidate that failed
+        only the chance threshold, with at most ``review_max_chance`` expected
+        chance alignments (forgotten once asked): what a review searches from."""
+        if key in self._weak:
+            self._weak.discard(key)
+            return True
+        return False
 
     @property
     def oldest_pending_ns(self) -> int | None:
@@ -495,7 +513,7 @@ class Associator:
             # (see _better) already prefers first sounds over a burst's later rounds
             self._index_preceding()
             for seed in ready:
-                if seed.key not in cache and seed.key not in covered:
+                if seed.key not in cache and seed.key not in covered and seed.key not in self._pool_only:
                     if deadline is not None and searched and time.monotonic() > deadline:
                         self.incomplete = True
                         shots.sort(key=lambda s: s.t0_ns)
@@ -550,7 +568,9 @@ class Associator:
         if self._recent:
             horizon = (self._pending[0].t_ns if self._pending else (watermark_ns or 0)) - wait_ns - int(5e9)
             self._recent = [s for s in self._recent if s.t0_ns > horizon]
-        self._cache = {k: v for k, v in self._cache.items() if k in {a.key for a in self._pending}}
+        live = {a.key for a in self._pending}
+        self._cache = {k: v for k, v in self._cache.items() if k in live}
+        self._pool_only &= live
         self._seed_t = {k: t for k, t in self._seed_t.items() if k in self._cache}
         keep_from = (self._pending[0].t_ns if self._pending else (watermark_ns or 0)) - 2 * wait_ns
         self._heard = {n: [h for h in v if h[0] >= keep_from] for n, v in self._heard.items()}
@@ -655,6 +675,8 @@ class Associator:
         elif not priced:
             best = replace(best, chance=self._chance(best, cands))
         if best.chance > self.cfg.max_chance:
+            if best.chance <= self.cfg.review_max_chance:
+                self._weak.add(seed.key)
             return None
         return best
 

@@ -33,6 +33,13 @@ log = logging.getLogger("earwitness.server")
 STORE_ERROR_LOG_S = 10.0
 
 
+def _located_json(r: ShotReport | CandidateReport) -> dict:
+    """The fields a shot and a candidate share, as published (docs/protocol.md)."""
+    return {"time_utc": ns_to_iso(r.t_utc_ns), "time": ns_to_s(r.t_utc_ns),
+            "lat": round(r.lat, 7), "lon": round(r.lon, 7), "alt": round(r.alt, 1),
+            "error_m": round(r.error_m, 2), "nodes": list(r.nodes), "residual_ms": round(r.residual_ms, 3)}
+
+
 @dataclass(frozen=True)
 class ShotReport:
     """One located shot (round). ``error_m``: 95 % horizontal radius (m);
@@ -50,13 +57,7 @@ class ShotReport:
     nodes: tuple[str, ...]
 
     def to_json(self) -> dict:
-        return {
-            "incident": self.incident, "round": self.round,
-            "time_utc": ns_to_iso(self.t_utc_ns), "time": ns_to_s(self.t_utc_ns),
-            "lat": round(self.lat, 7), "lon": round(self.lon, 7), "alt": round(self.alt, 1),
-            "error_m": round(self.error_m, 2), "nodes": list(self.nodes),
-            "residual_ms": round(self.residual_ms, 3),
-        }
+        return {"incident": self.incident, "round": self.round, **_located_json(self)}
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,8 @@ class CandidateReport:
     event_ids: tuple[int, ...] | None = None
 
     def to_json(self) -> dict:
-        return {
-            "candidate": self.candidate_id,
-            "time_utc": ns_to_iso(self.t_utc_ns), "time": ns_to_s(self.t_utc_ns),
-            "lat": round(self.lat, 7), "lon": round(self.lon, 7), "alt": round(self.alt, 1),
-            "error_m": round(self.error_m, 2), "nodes": list(self.nodes),
-            "residual_ms": round(self.residual_ms, 3), "chance": float(f"{self.chance:.3g}"),
-            "event_ids": None if self.event_ids is None else list(self.event_ids),
-        }
+        return {"candidate": self.candidate_id, **_located_json(self), "chance": float(f"{self.chance:.3g}"),
+                "event_ids": None if self.event_ids is None else list(self.event_ids)}
 
 
 @dataclass
@@ -387,8 +382,12 @@ class Engine:
             return
         for shot in shots:
             review.note_formed(shot)
+            for a in shot.arrivals:
+                self.assoc.came_close(a.key)
         for a in rejected:
-            review.add(a)
+            # searched from only where the association's own search came close:
+            # the rest (echoes, stray sounds) may still complete a line-up
+            review.add(a, seed=self.assoc.came_close(a.key))
         review.adopt_network(self.assoc)
         oldest = self.assoc.oldest_pending_ns
         wm = watermark_ns if oldest is None else oldest if watermark_ns is None else min(oldest, watermark_ns)

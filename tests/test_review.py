@@ -32,14 +32,15 @@ def _offset_m(lat: float, lon: float, src: np.ndarray) -> float:
 def test_a_lone_four_node_shot_is_a_candidate_not_a_shot():
     """Four arrivals fit one source exactly, but with one arrival to spare that
     is no proof (expected chance alignments ~2·10⁻³ > max_chance 10⁻⁴): no shot,
-    one candidate where the shot was, carrying its chance. Off: nothing."""
-    for review in (0.1, 0.0):
+    one candidate where the shot was, carrying its chance. Off, or with a
+    review threshold below that chance: nothing."""
+    for review in (0.1, 0.0, 1e-3):
         eng = _engine(review)
         eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
         assert eng.finish() == []
         cands = eng.take_candidates()
-        if review == 0.0:
-            assert cands == [] and eng.review is None
+        if review < 0.1:
+            assert cands == [] and (eng.review is None) == (review == 0.0)
             continue
         (c,) = cands
         assert _offset_m(c.lat, c.lon, SRC) < 1.0
@@ -100,3 +101,18 @@ def test_a_live_server_decides_a_candidate_once_the_watermark_passes_it():
     assert eng.advance(now_ns=now) == []
     (c,) = eng.take_candidates()
     assert _offset_m(c.lat, c.lon, SRC) < 1.0
+
+
+@pytest.mark.parametrize("seeds", [0, 1])
+def test_review_searches_only_from_arrivals_whose_own_search_came_close(seeds):
+    """The review associator is handed everything put aside, but searches only
+    from arrivals marked as seeds; the others can still complete a line-up."""
+    eng = _engine()
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+    arrivals = sorted(eng.assoc._pending, key=lambda a: a.t_ns)
+    review = eng.review
+    for i, a in enumerate(arrivals):
+        review.add(a, seed=i < seeds)
+    review.adopt_network(eng.assoc)
+    found, put_aside = review.step(None)
+    assert len(found) == seeds and len(put_aside) == 4 * (1 - seeds)
