@@ -477,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries = summarize_by_group([score for score, *_ in results], SURVEY_R95_M)
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
-        print(review_line(summaries[-1], summarize_by_group([r for *_, r in results], SURVEY_R95_M)[-1]))
+        review = review_line(summaries[-1], summarize_by_group([r for *_, r in results], SURVEY_R95_M)[-1])
+        print(review)
         if mode == "picks":
             text, net = learnt_sigma_summary(tests, [x for _, x, *_ in results])
             print("\nmodel timing error the association learnt (shots with spare arrivals; no labels)\n" + text)
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "audio" and not relearnt:
             print("\nwhat audio mode can reach (from the labels; scoring facts only)\n"
                   + audio_ceiling(tests, [p for _, _, p, _ in results]))
-        md += [f"### {title}", "", format_summaries(summaries, markdown=True), ""]
+        md += [f"### {title}", "", format_summaries(summaries, markdown=True), "", review + ".", ""]
         if mode == "corrected":
             continue
         a = summaries[-1]
