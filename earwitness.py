@@ -6,6 +6,7 @@
     earwitness locate    locate shots in recordings    (PATH to a recording set)
     earwitness keys      server and node keys (CURVE)
     earwitness audit     verify the tamper-evident record
+    earwitness review    candidates for review; verdicts on candidates and shots
     earwitness import-shotspotter   convert ShotSpotter's public test data
 """
 
@@ -21,6 +22,7 @@ COMMANDS = {
     "locate": ("server.locate", "locate shots in a recording set"),
     "keys": ("server.keys", "create and manage server/node keys"),
     "audit": ("server.audit", "verify the tamper-evident record"),
+    "review": ("server.review", "list candidates for review; record verdicts on candidates and shots"),
     "import-shotspotter": ("server.import_shotspotter", "convert ShotSpotter's Pittsburgh data to recording sets"),
 }
 

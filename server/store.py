@@ -105,8 +105,10 @@ PAGE_SIZE = 16384
 #: How often the background thread moves the WAL into the database file (s).
 CHECKPOINT_S = 1.0
 
-#: Verdicts an analyst can give a shot (:meth:`Store.review_shot`).
+#: Verdicts an analyst can give a shot or a candidate (:meth:`Store.review`).
 VERDICTS = ("confirmed", "false-alarm", "unsure")
+#: What can be reviewed: table → what one row of it is called.
+REVIEWED = {"shots": "shot", "candidates": "candidate"}
 
 _EVENT_COLS = ("node_id, seq, t_utc_ns, sigma_ns, sample_rate_hz, peak_dbfs, snr_db, snippet_t0_ns,"
                " snippet, snippet_full_scale, features, degraded, lat, lon, alt")
@@ -161,14 +163,20 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class Review:
-    """An analyst's verdict on a shot, as recorded in the audit chain."""
+    """An analyst's verdict on a shot or a candidate (``ref_table`` "shots" or
+    "candidates", row ``ref_id``), as recorded in the audit chain."""
 
     audit_id: int
-    shot_id: int
+    ref_table: str
+    ref_id: int
     verdict: str
     reviewer: str
     note: str
     t_utc_ns: int
+
+    @property
+    def shot_id(self) -> int | None:
+        return self.ref_id if self.ref_table == "shots" else None
 
 
 def _event_values(ev: Event) -> tuple:
@@ -424,12 +432,15 @@ class Store:
                              event_ids=tuple(json.loads(r[9]))) for r in rows]
 
     # ------------------------------------------------------------ reviews
-    def review_shot(self, shot_id: int, verdict: str, reviewer: str, note: str = "",
-                    t_utc_ns: int | None = None) -> Review:
-        """Record an analyst's verdict on a shot (``"confirmed"``, ``"false-alarm"``,
-        ``"unsure"``) as a ``review`` record in the audit chain: who, what, why, and
-        the shot row as it stands (the row itself is never changed). The latest
-        review of a shot is its current verdict (:meth:`shot_reviews`)."""
+    def review(self, table: Literal["shots", "candidates"], ref_id: int, verdict: str, reviewer: str,
+               note: str = "", t_utc_ns: int | None = None) -> Review:
+        """Record an analyst's verdict on a shot or a candidate for review
+        (``"confirmed"``, ``"false-alarm"``, ``"unsure"``) as a ``review`` record in
+        the audit chain: who, what, why, and the row as it stands (the row itself
+        is never changed). The latest review is the current verdict
+        (:meth:`reviews`). Bad input is a ValueError saying what to fix."""
+        if table not in REVIEWED:
+            raise ValueError(f"only {' and '.join(REVIEWED)} are reviewed, not {table!r}")
         if verdict not in VERDICTS:
             raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
         if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 128:
@@ -437,27 +448,36 @@ class Store:
         if not isinstance(note, str) or len(note) > 4096:
             raise ValueError("note must be text of at most 4096 characters")
         with self.transaction() as c:
-            if c.execute("SELECT 1 FROM shots WHERE id = ?", (shot_id,)).fetchone() is None:
-                raise ValueError(f"no shot {shot_id} in {self.path}")
-            self.audit.seal("review", "shots", int(shot_id), t_utc_ns=t_utc_ns,
+            if c.execute(f"SELECT 1 FROM {table} WHERE id = ?", (ref_id,)).fetchone() is None:
+                raise ValueError(f"no {REVIEWED[table]} {ref_id} in {self.path}")
+            self.audit.seal("review", table, int(ref_id), t_utc_ns=t_utc_ns,
                             detail={"verdict": verdict, "reviewer": reviewer, "note": note})
             aid, _ = self.audit.head()
         return self._reviews("AND id = ?", (aid,))[0]
 
+    def review_shot(self, shot_id: int, verdict: str, reviewer: str, note: str = "",
+                    t_utc_ns: int | None = None) -> Review:
+        """:meth:`review` of a shot."""
+        return self.review("shots", shot_id, verdict, reviewer, note, t_utc_ns)
+
+    def reviews(self, table: Literal["shots", "candidates"], ref_id: int | None = None) -> list[Review]:
+        """Reviews (oldest first) of one shot or candidate, or of every one."""
+        if ref_id is None:
+            return self._reviews("AND ref_table = ?", (table,))
+        return self._reviews("AND ref_table = ? AND ref_id = ?", (table, int(ref_id)))
+
     def shot_reviews(self, shot_id: int | None = None) -> list[Review]:
         """Reviews (oldest first) of one shot, or of every shot."""
-        if shot_id is None:
-            return self._reviews("", ())
-        return self._reviews("AND ref_id = ?", (int(shot_id),))
+        return self.reviews("shots", shot_id)
 
     def _reviews(self, where: str, args: tuple) -> list[Review]:
         rows = self.conn.execute(
-            "SELECT id, ref_id, detail, t_utc_ns FROM audit WHERE kind = 'review' AND ref_table = 'shots' "
+            "SELECT id, ref_table, ref_id, detail, t_utc_ns FROM audit WHERE kind = 'review' "
             f"{where} ORDER BY id", args).fetchall()
         out = []
-        for aid, ref, detail, t in rows:
+        for aid, table, ref, detail, t in rows:
             d = json.loads(detail or "{}")
-            out.append(Review(aid, ref, str(d.get("verdict", "")), str(d.get("reviewer", "")),
+            out.append(Review(aid, table, ref, str(d.get("verdict", "")), str(d.get("reviewer", "")),
                               str(d.get("note", "")), t))
         return out
 

@@ -116,3 +116,66 @@ def test_review_searches_only_from_arrivals_whose_own_search_came_close(seeds):
     review.adopt_network(eng.assoc)
     found, put_aside = review.step(None)
     assert len(found) == seeds and len(put_aside) == 4 * (1 - seeds)
+
+
+def _db_with_a_candidate(tmp_path) -> tuple[str, int, int]:
+    """A database holding one candidate (the lone four-node shot) and one shot
+    (nine other nodes, 6 km away); returns (path, candidate id, shot id)."""
+    path = tmp_path / "db.sqlite"
+    st = Store(path)
+    eng = _engine(store=st)
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+    far = {n: p + [6000.0, 0.0, 0.0] for n, p in node_grid(9, prefix="g").items()}    # out of earshot
+    eng.ingest_batch(shot_events(far, np.array([6120.0, 80.0, 1.5]), T0 + 60 * 10**9, {}))
+    (shot,) = eng.finish()
+    (cand,) = eng.take_candidates()
+    st.close()
+    return str(path), cand.candidate_id, shot.shot_id
+
+
+def test_review_command_lists_candidates_and_seals_verdicts(tmp_path, capsys):
+    """`earwitness review`: the candidate is listed until someone gives a
+    verdict; verdicts on candidates and shots go into the audit chain with who
+    and why, and the chain still verifies."""
+    import json
+
+    from server.review import main
+
+    db, cid, sid = _db_with_a_candidate(tmp_path)
+    assert main(["list", "--db", db, "--json"]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["candidate"] == cid and line["verdict"] is None and len(line["event_ids"]) == 4
+    assert main(["candidate", str(cid), "confirmed", "--by", "alice", "--note", "a shot on the snippets",
+                 "--db", db]) == 0
+    assert f"candidate {cid}: confirmed by alice" in capsys.readouterr().out
+    assert main(["list", "--db", db, "--json"]) == 0
+    assert capsys.readouterr().out == ""                     # nothing left to review
+    assert main(["list", "--db", db, "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "confirmed" in out and str(cid) in out
+    assert main(["shot", str(sid), "false-alarm", "--by", "bob", "--db", db]) == 0
+    st = Store(db)
+    try:
+        (rc,) = st.reviews("candidates")
+        (rs,) = st.shot_reviews()
+        assert (rc.ref_id, rc.verdict, rc.reviewer, rc.note) == (cid, "confirmed", "alice", "a shot on the snippets")
+        assert (rs.shot_id, rs.verdict, rs.reviewer) == (sid, "false-alarm", "bob") and rc.shot_id is None
+        assert st.verify().ok
+    finally:
+        st.close()
+
+
+def test_review_command_says_what_is_wrong(tmp_path, capsys):
+    from server.review import main
+
+    db, cid, _ = _db_with_a_candidate(tmp_path)
+    assert main(["candidate", str(cid + 5), "confirmed", "--by", "alice", "--db", db]) == 2
+    assert f"no candidate {cid + 5}" in capsys.readouterr().err
+    assert main(["candidate", str(cid), "confirmed", "--by", " ", "--db", db]) == 2
+    assert "reviewer must name who reviewed" in capsys.readouterr().err
+    missing = str(tmp_path / "nowhere.sqlite")
+    assert main(["list", "--db", missing]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere.sqlite").exists()         # not created by asking
+    with pytest.raises(SystemExit):
+        main(["candidate", str(cid), "maybe", "--by", "alice", "--db", db])

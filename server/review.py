@@ -1,0 +1,96 @@
+"""`earwitness review`: an analyst's side of the server's database.
+
+Candidates for review are line-ups the server would not vouch for as shots
+(docs/protocol.md, topic ``candidate``); this lists them and records a person's
+verdict on a candidate or a shot — ``confirmed``, ``false-alarm`` or ``unsure``,
+who and why — as a ``review`` record in the audit chain (the rows themselves are
+never changed; the latest verdict is the current one). Safe to run beside a live
+server: every write is one short SQLite transaction, and the audit chain is
+extended under the database's write lock.
+
+    earwitness review list --db earwitness.sqlite [--all] [--json]
+    earwitness review candidate 7 confirmed --by alice --note "heard it on the snippets" --db ...
+    earwitness review shot 12 false-alarm --by bob --note "fireworks at the park" --db ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from common.timefmt import ns_to_iso
+from server.engine import CandidateReport
+from server.store import VERDICTS, CandidateRow, Review, Store, StoreError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="earwitness review",
+                                description="List the candidates for review and record verdicts on candidates "
+                                            "and shots (sealed into the audit chain).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("list", help="the candidates not reviewed yet (--all: every one, with its verdict)")
+    sp.add_argument("--db", required=True, help="the server's SQLite database")
+    sp.add_argument("--all", action="store_true", help="also the candidates that have a verdict")
+    sp.add_argument("--json", action="store_true", help="one JSON line per candidate")
+    for what in ("candidate", "shot"):
+        sp = sub.add_parser(what, help=f"record a verdict on a {what}")
+        sp.add_argument("id", type=int, help=f"the {what}'s id (as published, or from `list`)")
+        sp.add_argument("verdict", choices=VERDICTS)
+        sp.add_argument("--by", required=True, metavar="NAME", help="who reviewed it")
+        sp.add_argument("--note", default="", help="why (what was heard or seen)")
+        sp.add_argument("--db", required=True, help="the server's SQLite database")
+    return p
+
+
+def candidate_json(c: CandidateRow, verdict: Review | None) -> dict:
+    """A stored candidate as ``list --json`` prints it: the published fields
+    (docs/protocol.md) and its current verdict (None: not reviewed)."""
+    published = CandidateReport(candidate_id=c.id, t_utc_ns=c.t_utc_ns, lat=c.lat, lon=c.lon, alt=c.alt,
+                                error_m=c.error_m, residual_ms=c.residual_ms, nodes=c.nodes, chance=c.chance,
+                                event_ids=c.event_ids).to_json()
+    return {**published, "verdict": None if verdict is None else {"verdict": verdict.verdict, "by": verdict.reviewer,
+                                                     "note": verdict.note, "t_utc": ns_to_iso(verdict.t_utc_ns)}}
+
+
+def _list(st: Store, show_all: bool, as_json: bool) -> None:
+    latest = {r.ref_id: r for r in st.reviews("candidates")}      # oldest first: the last one wins
+    rows = [c for c in st.candidates() if show_all or c.id not in latest]
+    if as_json:
+        for c in rows:
+            print(json.dumps(candidate_json(c, latest.get(c.id))))
+        return
+    print(f"{'cand':>6} {'chance':>6}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}  verdict       nodes")
+    for c in rows:
+        v = latest.get(c.id)
+        print(f"{c.id:>6} {c.chance:>6.2g}  {ns_to_iso(c.t_utc_ns):<26} {c.lat:>11.6f} {c.lon:>12.6f} "
+              f"{c.error_m:>7.1f}  {(v.verdict if v else '-'):<12}  {len(c.nodes)}: {', '.join(c.nodes)}")
+    print(f"{len(rows)} candidate(s){'' if show_all else ' not reviewed yet'}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if not Path(args.db).is_file():
+        print(f"earwitness review: database {args.db} does not exist; give the server's [server] database",
+              file=sys.stderr)
+        return 2
+    try:
+        st = Store(args.db)
+    except RuntimeError as exc:
+        print(f"earwitness review: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.cmd == "list":
+            _list(st, args.all, args.json)
+            return 0
+        table = "candidates" if args.cmd == "candidate" else "shots"
+        r = st.review(table, args.id, args.verdict, args.by, args.note)
+        print(f"{args.cmd} {r.ref_id}: {r.verdict} by {r.reviewer} (audit record {r.audit_id})")
+        return 0
+    except (ValueError, StoreError) as exc:        # a bad id, a full or locked database
+        print(f"earwitness review: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        st.close()
