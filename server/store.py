@@ -393,15 +393,20 @@ class Store:
 
     def insert_shot(self, incident_id: int, round_: int, t_utc_ns: int, lat: float, lon: float, alt: float,
                     error_m: float, residual_ms: float, nodes: list[str], created_ns: int) -> int:
+        return self._insert_sealed("shots", {
+            "incident_id": incident_id, "round": round_, "t_utc_ns": t_utc_ns, "lat": lat, "lon": lon, "alt": alt,
+            "error_m": error_m, "residual_ms": residual_ms, "nodes": json.dumps(list(nodes)),
+            "created_ns": created_ns}, created_ns)
+
+    def _insert_sealed(self, table: str, row: dict, created_ns: int) -> int:
+        """Insert ``row`` (column → value) into ``table`` and seal it, in one
+        transaction; returns the new row's id."""
+        cols = ", ".join(row)
         with self.transaction() as c:
-            sid = int(c.execute(
-                "INSERT INTO shots (incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes,"
-                " created_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (incident_id, round_, t_utc_ns, lat, lon, alt, error_m, residual_ms, json.dumps(list(nodes)),
-                 created_ns),
-            ).lastrowid)
-            self.audit.seal("insert", "shots", sid, t_utc_ns=created_ns)
-        return sid
+            rid = int(c.execute(f"INSERT INTO {table} ({cols}) VALUES ({','.join('?' * len(row))})",
+                                tuple(row.values())).lastrowid)
+            self.audit.seal("insert", table, rid, t_utc_ns=created_ns)
+        return rid
 
     def shots(self) -> list[ShotRow]:
         rows = self.conn.execute(
@@ -414,15 +419,10 @@ class Store:
                          created_ns: int) -> int:
         """Store a candidate for review (its events keep their "unassociated"
         outcome; ``event_ids`` name them), sealed into the audit chain."""
-        with self.transaction() as c:
-            cid = int(c.execute(
-                "INSERT INTO candidates (t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, chance, event_ids,"
-                " created_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (t_utc_ns, lat, lon, alt, error_m, residual_ms, json.dumps(list(nodes)), float(chance),
-                 json.dumps([int(i) for i in event_ids]), created_ns),
-            ).lastrowid)
-            self.audit.seal("insert", "candidates", cid, t_utc_ns=created_ns)
-        return cid
+        return self._insert_sealed("candidates", {
+            "t_utc_ns": t_utc_ns, "lat": lat, "lon": lon, "alt": alt, "error_m": error_m,
+            "residual_ms": residual_ms, "nodes": json.dumps(list(nodes)), "chance": float(chance),
+            "event_ids": json.dumps([int(i) for i in event_ids]), "created_ns": created_ns}, created_ns)
 
     def candidates(self) -> list[CandidateRow]:
         rows = self.conn.execute(
