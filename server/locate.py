@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["auto", "picks", "audio"], default="auto",
                    help="audio: detect onsets in the WAVs; picks: use the set's arrivals (default: audio if any WAV)")
     p.add_argument("--json", action="store_true", help="one JSON line per located shot")
-    p.add_argument("--plot", metavar="FILE.png", help="draw a map of nodes and located shots")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw a map of nodes and located shots (with --review, the candidates too)")
     p.add_argument("--temperature", type=float, help="air temperature in °C (overrides the set's)")
     p.add_argument("--model-sigma-ms", type=float, metavar="MS",
                    help="timing error the network's geometry adds to every arrival (node positions, paths "
@@ -296,10 +297,15 @@ def main(argv: list[str]) -> int:
         for r in reports:
             xy = frame.to_enu(r.lat, r.lon, 0.0)[:2]
             shots.append(MapShot((float(xy[0]), float(xy[1])), r.error_m, r.incident, f"{r.incident}.{r.round}"))
+        cands = []
+        for c in (result.candidates if args.review else ()):
+            xy = frame.to_enu(c.lat, c.lon, 0.0)[:2]
+            cands.append(MapShot((float(xy[0]), float(xy[1])), c.error_m, 0, f"c{c.candidate_id}"))
         truth_xy = None
         if rs.truth:
             truth_xy = np.array([frame.to_enu(t.lat, t.lon, 0.0)[:2] for t in rs.truth])
         draw_map(args.plot, nodes_xy, [n.id for n in rs.nodes], shots, truth_xy=truth_xy,
-                 title=f"earwitness locate: {len(reports)} shots")
+                 title=f"earwitness locate: {len(reports)} shots"
+                       + (f", {len(cands)} candidates for review" if cands else ""), candidates=cands)
         print(f"map written to {args.plot}", file=sys.stderr)
     return 0

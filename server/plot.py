@@ -23,9 +23,11 @@ class MapShot:
 
 def draw_map(path: str | Path, nodes_xy: np.ndarray, node_ids: Sequence[str], shots: Sequence[MapShot], *,
              truth_xy: np.ndarray | None = None, walls: Sequence[tuple[tuple[float, float], tuple[float, float]]] = (),
-             title: str = "", links: Sequence[tuple[int, int]] = ()) -> Path:
+             title: str = "", links: Sequence[tuple[int, int]] = (),
+             candidates: Sequence[MapShot] = ()) -> Path:
     """Write a PNG map. ``nodes_xy``: (n, 2) m; ``truth_xy``: (k, 2) m;
-    ``links``: (shot index, truth index) pairs drawn as thin lines (errors)."""
+    ``links``: (shot index, truth index) pairs drawn as thin lines (errors);
+    ``candidates``: candidates for review (not shots), drawn grey and dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,6 +50,13 @@ def draw_map(path: str | Path, nodes_xy: np.ndarray, node_ids: Sequence[str], sh
         ax.scatter([s.xy[0]], [s.xy[1]], s=28, color=col, zorder=6)
         if s.label:
             ax.annotate(s.label, s.xy, xytext=(6, -10), textcoords="offset points", fontsize=7, color=col)
+    for c in candidates:
+        ax.add_patch(Circle(c.xy, max(c.error_m, 0.5), fill=False, ec="0.45", lw=1.0, ls="--", zorder=2))
+        ax.scatter([c.xy[0]], [c.xy[1]], s=28, marker="D", facecolors="none", edgecolors="0.35", zorder=6)
+        if c.label:
+            ax.annotate(c.label, c.xy, xytext=(6, 4), textcoords="offset points", fontsize=7, color="0.35")
+    if candidates:
+        ax.scatter([], [], marker="D", facecolors="none", edgecolors="0.35", label="candidate for review")
     for si, ti in links:
         if truth_xy is not None:
             ax.plot([shots[si].xy[0], truth_xy[ti, 0]], [shots[si].xy[1], truth_xy[ti, 1]], color="red", lw=0.6)

@@ -235,3 +235,6 @@ def test_locate_lists_candidates_for_review_on_request(tmp_path, capsys):
     assert main([str(tmp_path / "set"), "--review"]) == 0
     out = capsys.readouterr().out
     assert "unconfirmed candidates for review" in out and out.count("n0") == 1
+    assert main([str(tmp_path / "set"), "--review", "--plot", str(tmp_path / "map.png")]) == 0
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "map written to" in capsys.readouterr().err
