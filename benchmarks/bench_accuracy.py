@@ -145,6 +145,10 @@ class WorldResult:
     incidents_true: int
     incidents_found: int
     wall_s: float
+    #: Candidates for review the server offered, and how many of them were true
+    #: rounds that no shot located (the rest are not shots).
+    candidates: int = 0
+    candidates_new: int = 0
 
 
 def server_config(world: World, scen) -> ServerConfig:
@@ -181,8 +185,13 @@ def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldRes
         errs.append(float(m.error_m))
         inside.append(bool(m.error_m <= reports[m.estimate_index].error_m))
     found_incidents = len({r.incident for r in reports})
+    cands = eng.take_candidates()
+    both = reports + cands
+    sc_all = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy, np.array([r.t_utc_ns for r in both]),
+                   to_local(frame, [r.lat for r in both], [r.lon for r in both]))
     return WorldResult(world, sc.total, sc.located, sc.false_shots, tuple(errs), tuple(inside),
-                       len({t.incident_id for t in gun}), found_incidents, time.perf_counter() - t0)
+                       len({t.incident_id for t in gun}), found_incidents, time.perf_counter() - t0,
+                       len(cands), sc_all.located - sc.located)
 
 
 # ------------------------------------------------------------------ theory
@@ -305,16 +314,20 @@ def summarize_worlds(results: list[WorldResult]) -> dict:
             "median_m": float(np.median(errs)) if errs.size else math.nan,
             "p95_m": float(np.percentile(errs, 95)) if errs.size else math.nan,
             "false": sum(r.false_shots for r in results),
-            "inside95": float(np.mean(inside)) if inside else math.nan}
+            "inside95": float(np.mean(inside)) if inside else math.nan,
+            "candidates": sum(r.candidates for r in results),
+            "candidates_new": sum(r.candidates_new for r in results)}
 
 
 def world_rows(label: str, results: list[WorldResult]) -> list[str]:
     s = summarize_worlds(results)
     return [label, str(s["worlds"]), str(s["rounds"]), str(s["located"]), f"{100 * s['recall']:.1f} %",
-            f"{s['median_m']:.2f}", f"{s['p95_m']:.2f}", str(s["false"]), f"{100 * s['inside95']:.0f} %"]
+            f"{s['median_m']:.2f}", f"{s['p95_m']:.2f}", str(s["false"]), f"{100 * s['inside95']:.0f} %",
+            f"{s['candidates']} ({s['candidates_new']})"]
 
 
-WORLD_HEAD = ["world", "seeds", "rounds", "located", "recall", "median m", "p95 m", "false", "in 95 % radius"]
+WORLD_HEAD = ["world", "seeds", "rounds", "located", "recall", "median m", "p95 m", "false", "in 95 % radius",
+              "for review (new rounds)"]
 
 
 def main(argv: list[str] | None = None) -> int:
