@@ -179,3 +179,25 @@ def test_review_command_says_what_is_wrong(tmp_path, capsys):
     assert not (tmp_path / "nowhere.sqlite").exists()         # not created by asking
     with pytest.raises(SystemExit):
         main(["candidate", str(cid), "maybe", "--by", "alice", "--db", db])
+
+
+def test_a_candidate_the_database_refuses_is_offered_again(tmp_path):
+    """If the candidate cannot be recorded (a full disk, here a refused INSERT),
+    nothing is published; the next step offers it again, once."""
+    import sqlite3
+
+    st = Store(tmp_path / "db.sqlite")
+    eng = _engine(store=st)
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+    st.conn.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY
+                           if action == sqlite3.SQLITE_INSERT and table == "candidates" else sqlite3.SQLITE_OK)
+    assert eng.finish() == [] and eng.take_candidates() == [] and eng.counters["store_errors"] == 1
+    assert st.candidates() == [] and eng.review.pending == 4
+    st.conn.set_authorizer(None)
+    assert eng.finish() == []
+    (c,) = eng.take_candidates()
+    (row,) = st.candidates()
+    assert row.id == c.candidate_id and _offset_m(c.lat, c.lon, SRC) < 1.0
+    assert eng.finish() == [] and eng.take_candidates() == []
+    assert st.verify().ok
+    st.close()
