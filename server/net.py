@@ -34,6 +34,7 @@ import zmq
 from common.config import ServerConfig
 from common.protocol import (MAX_ACK_SEQS, MAX_FRAME_BYTES, Ack, Event, Heartbeat, ProtocolError,
                              decode, encode)
+from common.timefmt import ns_to_iso
 from server.engine import CandidateReport, Engine, ShotReport
 from server.keys import drop_connections, frame_user_id
 
@@ -262,6 +263,9 @@ class IngestServer:
                 self.on_shot(rep)
         for cand in self.engine.take_candidates():
             self.candidates.append(cand)
+            log.info("candidate %s for review (not a shot): %.6f, %.6f at %s, %d nodes, %.3g expected chance "
+                     "alignments; `earwitness review list` shows it", cand.candidate_id, cand.lat, cand.lon,
+                     ns_to_iso(cand.t_utc_ns), len(cand.nodes), cand.chance)
             try:
                 self.pub.send_multipart([b"candidate", json.dumps(cand.to_json()).encode()], flags=zmq.NOBLOCK)
             except zmq.ZMQError as exc:

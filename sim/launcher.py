@@ -69,6 +69,7 @@ class SimResult:
                   "round": t.round_index + 1} for t in self.gunshots]
         doc = report_json(truth, [r.to_json() for r in self.reports], self.score)
         doc["summary"]["wall_s"] = round(self.wall_s, 2)
+        doc["candidates"] = [c.to_json() for c in self.candidates]
         return doc
 
     @property

@@ -41,6 +41,7 @@ def test_simulated_network_locates_every_round(nodes):
     # line-ups offered for review instead of shots are counted, kept and told
     assert res.server_counters["candidates"] == len(res.candidates)
     assert ("for review" in format_summary(res)) == bool(res.candidates)
+    assert [c["candidate"] for c in doc["candidates"]] == [c.candidate_id for c in res.candidates]
 
 
 @pytest.mark.slow
