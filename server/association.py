@@ -35,7 +35,10 @@ Search, for one pending arrival ``a0`` (the seed) at node ``r0``:
 
 A candidate becomes a shot only if its core has at least ``min_nodes`` arrivals
 with ``a0`` among them; if it is unlikely to be a chance alignment of unrelated
-sounds (:meth:`Associator._chance`, at most ``max_chance``); if most nodes closer
+sounds (:meth:`Associator._chance`, at most ``max_chance``; a seed that fails only
+this, within ``review_max_chance``, is noted — :meth:`Associator.came_close` —
+and the engine's review associator searches from it among the put-aside
+arrivals for a candidate to show a person); if most nodes closer
 than the furthest node that heard it heard it too (``min_fraction``); if it fits
 about as well as the network's shots do (:meth:`Associator._consistent`); and if
 it is not an echo of a shot already formed: echoes off a wall are consistent with
