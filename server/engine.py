@@ -21,8 +21,8 @@ from common.acoustics import speed_of_sound
 from common.config import ServerConfig
 from common.geodesy import LocalFrame
 from common.protocol import Event, Heartbeat
-from common.timefmt import ns_to_iso, ns_to_s
 from server.association import Arrival, Association, Associator
+from server.reports import CandidateReport, ShotReport
 from server.solver import solve
 from server.incidents import IncidentTracker
 from server.registry import NodeRegistry
@@ -31,60 +31,6 @@ from server.store import Store, StoreError
 log = logging.getLogger("earwitness.server")
 #: Least time between two log lines about a failing database write (s).
 STORE_ERROR_LOG_S = 10.0
-
-
-def _located_json(r: ShotReport | CandidateReport) -> dict:
-    """The fields a shot and a candidate share, as published (docs/protocol.md)."""
-    return {"time_utc": ns_to_iso(r.t_utc_ns), "time": ns_to_s(r.t_utc_ns),
-            "lat": round(r.lat, 7), "lon": round(r.lon, 7), "alt": round(r.alt, 1),
-            "error_m": round(r.error_m, 2), "nodes": list(r.nodes), "residual_ms": round(r.residual_ms, 3)}
-
-
-@dataclass(frozen=True)
-class ShotReport:
-    """One located shot (round). ``error_m``: 95 % horizontal radius (m);
-    ``residual_ms``: rms arrival-time residual of the nodes used."""
-
-    shot_id: int | None
-    incident: int
-    round: int
-    t_utc_ns: int
-    lat: float
-    lon: float
-    alt: float
-    error_m: float
-    residual_ms: float
-    nodes: tuple[str, ...]
-
-    def to_json(self) -> dict:
-        return {"incident": self.incident, "round": self.round, **_located_json(self)}
-
-
-@dataclass(frozen=True)
-class CandidateReport:
-    """An unconfirmed candidate: a line-up of arrivals the association put aside
-    that fits one source, but whose timing is too likely a coincidence for a
-    shot (expected ``chance`` alignments as good, between ``max_chance`` and
-    ``review_max_chance``). For an analyst to review, with the events it is made
-    of (``event_ids``: the store's, None without a store); never part of an
-    incident. ``error_m``: 95 % horizontal radius (m) of the association's solution;
-    ``candidate_id``: the store's id (``earwitness locate`` numbers them 1, 2, … in
-    time order)."""
-
-    candidate_id: int | None
-    t_utc_ns: int
-    lat: float
-    lon: float
-    alt: float
-    error_m: float
-    residual_ms: float
-    nodes: tuple[str, ...]
-    chance: float
-    event_ids: tuple[int, ...] | None = None
-
-    def to_json(self) -> dict:
-        return {"candidate": self.candidate_id, **_located_json(self), "chance": float(f"{self.chance:.3g}"),
-                "event_ids": None if self.event_ids is None else list(self.event_ids)}
 
 
 @dataclass
@@ -390,8 +336,8 @@ class Engine:
             review.add(a, seed=self.assoc.came_close(a.key))
         review.adopt_network(self.assoc)
         oldest = self.assoc.oldest_pending_ns
-        wm = watermark_ns if oldest is None else oldest if watermark_ns is None else min(oldest, watermark_ns)
-        cands, _ = review.step(wm, deadline)
+        # the earlier of the two; None (decide everything) only when both are
+        cands, _ = review.step(min((t for t in (oldest, watermark_ns) if t is not None), default=None), deadline)
         if not cands:
             return
         now = self.clock_ns()

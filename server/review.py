@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from common.timefmt import ns_to_iso
-from server.engine import CandidateReport
-from server.store import VERDICTS, CandidateRow, Review, Store, StoreError
+from server.reports import CandidateReport
+from server.store import VERDICTS, Review, Store, StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,27 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def candidate_json(c: CandidateRow, verdict: Review | None) -> dict:
+def candidate_json(c: CandidateReport, verdict: Review | None) -> dict:
     """A stored candidate as ``list --json`` prints it: the published fields
     (docs/protocol.md) and its current verdict (None: not reviewed)."""
-    published = CandidateReport(candidate_id=c.id, t_utc_ns=c.t_utc_ns, lat=c.lat, lon=c.lon, alt=c.alt,
-                                error_m=c.error_m, residual_ms=c.residual_ms, nodes=c.nodes, chance=c.chance,
-                                event_ids=c.event_ids).to_json()
-    return {**published, "verdict": None if verdict is None else {"verdict": verdict.verdict, "by": verdict.reviewer,
-                                                     "note": verdict.note, "t_utc": ns_to_iso(verdict.t_utc_ns)}}
+    told = None if verdict is None else {"verdict": verdict.verdict, "by": verdict.reviewer,
+                                         "note": verdict.note, "t_utc": ns_to_iso(verdict.t_utc_ns)}
+    return {**c.to_json(), "verdict": told}
 
 
 def _list(st: Store, show_all: bool, as_json: bool) -> None:
     latest = {r.ref_id: r for r in st.reviews("candidates")}      # oldest first: the last one wins
-    rows = [c for c in st.candidates() if show_all or c.id not in latest]
+    rows = [c for c in st.candidates() if show_all or c.candidate_id not in latest]
     if as_json:
         for c in rows:
-            print(json.dumps(candidate_json(c, latest.get(c.id))))
+            print(json.dumps(candidate_json(c, latest.get(c.candidate_id))))
         return
     print(f"{'cand':>6} {'chance':>6}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}  verdict       nodes")
     for c in rows:
-        v = latest.get(c.id)
-        print(f"{c.id:>6} {c.chance:>6.2g}  {ns_to_iso(c.t_utc_ns):<26} {c.lat:>11.6f} {c.lon:>12.6f} "
+        v = latest.get(c.candidate_id)
+        print(f"{c.candidate_id:>6} {c.chance:>6.2g}  {ns_to_iso(c.t_utc_ns):<26} {c.lat:>11.6f} {c.lon:>12.6f} "
               f"{c.error_m:>7.1f}  {(v.verdict if v else '-'):<12}  {len(c.nodes)}: {', '.join(c.nodes)}")
     print(f"{len(rows)} candidate(s){'' if show_all else ' not reviewed yet'}", file=sys.stderr)
 

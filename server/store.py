@@ -35,6 +35,7 @@ import numpy as np
 
 from common.protocol import Event, Heartbeat
 from server.audit import AuditLog, VerifyResult, list_ids_sqlite, load_row_sqlite, verify
+from server.reports import CandidateReport
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -132,22 +133,6 @@ class ShotRow:
     error_m: float
     residual_ms: float
     nodes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CandidateRow:
-    """A stored candidate for review (see server/engine.py CandidateReport)."""
-
-    id: int
-    t_utc_ns: int
-    lat: float
-    lon: float
-    alt: float
-    error_m: float
-    residual_ms: float
-    nodes: tuple[str, ...]
-    chance: float
-    event_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -424,12 +409,13 @@ class Store:
             "residual_ms": residual_ms, "nodes": json.dumps(list(nodes)), "chance": float(chance),
             "event_ids": json.dumps([int(i) for i in event_ids]), "created_ns": created_ns}, created_ns)
 
-    def candidates(self) -> list[CandidateRow]:
+    def candidates(self) -> list[CandidateReport]:
+        """The stored candidates for review, in time order, as published."""
         rows = self.conn.execute(
             "SELECT id, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, chance, event_ids"
             " FROM candidates ORDER BY t_utc_ns").fetchall()
-        return [CandidateRow(*r[:7], nodes=tuple(json.loads(r[7])), chance=r[8],
-                             event_ids=tuple(json.loads(r[9]))) for r in rows]
+        return [CandidateReport(*r[:7], nodes=tuple(json.loads(r[7])), chance=r[8],
+                                event_ids=tuple(json.loads(r[9]))) for r in rows]
 
     # ------------------------------------------------------------ reviews
     def review(self, table: Literal["shots", "candidates"], ref_id: int, verdict: str, reviewer: str,

@@ -75,7 +75,8 @@ def test_candidates_are_stored_sealed_and_name_their_events(tmp_path):
     assert eng.finish() == []
     (c,) = eng.take_candidates()
     (row,) = st.candidates()
-    assert row.id == c.candidate_id and row.event_ids == c.event_ids and len(row.event_ids) == 4
+    assert row.candidate_id == c.candidate_id and row.event_ids == c.event_ids and len(row.event_ids) == 4
+    assert row == c                                     # stored as published
     assert (row.t_utc_ns, row.lat, row.lon, row.chance) == (c.t_utc_ns, c.lat, c.lon, c.chance)
     outcomes = dict(st.conn.execute("SELECT event_id, outcome FROM event_outcomes").fetchall())
     assert {outcomes[i] for i in row.event_ids} == {"unassociated"}
@@ -197,7 +198,7 @@ def test_a_candidate_the_database_refuses_is_offered_again(tmp_path):
     assert eng.finish() == []
     (c,) = eng.take_candidates()
     (row,) = st.candidates()
-    assert row.id == c.candidate_id and _offset_m(c.lat, c.lon, SRC) < 1.0
+    assert row.candidate_id == c.candidate_id and _offset_m(c.lat, c.lon, SRC) < 1.0
     assert eng.finish() == [] and eng.take_candidates() == []
     assert st.verify().ok
     st.close()
