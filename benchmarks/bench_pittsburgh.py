@@ -69,6 +69,7 @@ from benchmarks.scoring import (  # noqa: E402
     format_summaries,
     score_subsets,
     score_test,
+    summarize,
     summarize_by_group,
 )
 from server.import_shotspotter import ShotSpotterTest, find_tests, load_test  # noqa: E402
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = summarize_by_group([score for score, *_ in results], SURVEY_R95_M)
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))
-        review = review_line(summaries[-1], summarize_by_group([r for *_, r in results], SURVEY_R95_M)[-1])
+        review = review_line(summaries[-1], summarize([r for *_, r in results], "all", SURVEY_R95_M))
         print(review)
         if mode == "picks":
             text, net = learnt_sigma_summary(tests, [x for _, x, *_ in results])
