@@ -35,7 +35,7 @@ import numpy as np
 
 from common.protocol import Event, Heartbeat
 from server.audit import AuditLog, VerifyResult, list_ids_sqlite, load_row_sqlite, verify
-from server.reports import CandidateReport
+from server.reports import CandidateReport, ShotReport
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -119,20 +119,6 @@ _EVENT_KEYS = ("id", *(c.strip() for c in _EVENT_COLS.split(",")), "received_ns"
 class StoreError(RuntimeError):
     """A write the database refused (disk full, size cap, I/O error). Nothing of the
     failed transaction was kept. The text says what happened and what to do."""
-
-
-@dataclass(frozen=True)
-class ShotRow:
-    id: int
-    incident_id: int
-    round: int
-    t_utc_ns: int
-    lat: float
-    lon: float
-    alt: float
-    error_m: float
-    residual_ms: float
-    nodes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -393,11 +379,12 @@ class Store:
             self.audit.seal("insert", table, rid, t_utc_ns=created_ns)
         return rid
 
-    def shots(self) -> list[ShotRow]:
+    def shots(self) -> list[ShotReport]:
+        """Every stored shot in time order, as the engine reported it."""
         rows = self.conn.execute(
             "SELECT id, incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes"
             " FROM shots ORDER BY t_utc_ns").fetchall()
-        return [ShotRow(*r[:9], nodes=tuple(json.loads(r[9]))) for r in rows]
+        return [ShotReport(*r[:9], nodes=tuple(json.loads(r[9]))) for r in rows]
 
     def insert_candidate(self, t_utc_ns: int, lat: float, lon: float, alt: float, error_m: float,
                          residual_ms: float, nodes: list[str], chance: float, event_ids: list[int],
