@@ -381,7 +381,8 @@ class Associator:
         return min((a.t_ns for a in self._pending), default=None)
 
     def note_formed(self, shot: Association) -> None:
-        """A shot formed by another associator (the main one, for the review one):
+        """A shot formed by another associator (the main one, for the review one)
+        or before a restart (the engine gives back the last ones from its store):
         the sounds that trail it at its nodes are judged against it — its echoes
         are not line-ups of their own — as they are where it was formed."""
         self._recent.append(shot)

@@ -23,7 +23,7 @@ from common.geodesy import LocalFrame
 from common.protocol import Event, Heartbeat
 from server.association import Arrival, Association, Associator
 from server.reports import CandidateReport, ShotReport
-from server.solver import solve
+from server.solver import Solution, solve
 from server.incidents import IncidentTracker
 from server.registry import NodeRegistry
 from server.store import Store, StoreError
@@ -99,6 +99,7 @@ class Engine:
             # so they are not reloaded and no shot is formed twice.
             for event_id, ev in store.pending_events():
                 self._queue_stored(ev, event_id)
+            self._resume(store)
 
     # ------------------------------------------------------------- inputs
     def ingest_event(self, ev: Event, received_ns: int | None = None) -> bool:
@@ -207,14 +208,51 @@ class Engine:
         self._note_node_z(node, pos)
         return pos, True
 
-    def _queue(self, ev: Event, key: int) -> None:
+    def _resume(self, store: Store) -> None:
+        """After a restart, carry on where the last run stopped: reopen the
+        incidents a new round may still join (its round numbers go on), give the
+        review search back the arrivals it had not decided, and show both
+        associators the shots formed shortly before — so the echoes of a shot
+        decided just before the restart are still judged as its echoes, not
+        formed into a shot of their own. (The learnt timing scale and wind start
+        again from the configured values.)"""
+        for s in store.open_incident_shots(self.cfg.incidents.gap_s):
+            self.incidents.restore(s.incident, s.t_utc_ns, self._enu(s.lat, s.lon, s.alt))
+        queued = store.review_queue()
+        if self.review is None:
+            store.reviewed([key for key, _, _ in queued])     # review turned off since
+        else:
+            for key, ev, seed in queued:
+                self.review.add(self._arrival(ev, key), seed=seed)
+        starts = [t for t in (self.assoc.oldest_pending_ns,
+                              None if self.review is None else self.review.oldest_pending_ns) if t is not None]
+        if not starts:
+            return
+        since = min(starts) - 2 * self.assoc.max_travel_ns() - int(5e9)
+        for rep, events in store.shots_since(since):
+            if not events:
+                continue
+            arrivals = tuple(self._arrival(ev, key) for key, ev in events)
+            pos = self._enu(rep.lat, rep.lon, rep.alt)
+            n = len(arrivals)
+            sol = Solution(pos=pos, t0_s=0.0, cov=np.zeros((3, 3)), used=np.ones(n, dtype=bool),
+                           residuals_s=np.zeros(n), rms_s=rep.residual_ms * 1e-3, error95_m=rep.error_m,
+                           mode="stored", c_mps=self.c)
+            shot = Association(arrivals=arrivals, solution=sol, ref_ns=rep.t_utc_ns, n_core=n)
+            self.assoc.note_formed(shot)
+            if self.review is not None:
+                self.review.note_formed(shot)
+
+    def _arrival(self, ev: Event, key: int) -> Arrival:
         pos, _ = self._node_pos(ev.node_id, ev.lat, ev.lon, ev.alt)
-        sigma_s = ev.sigma_ns * 1e-9
-        self.assoc.add(Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=sigma_s, pos=pos,
-                               peak_dbfs=ev.peak_dbfs, degraded=ev.degraded,
-                               snippet=ev.snippet if ev.snippet.size else None,
-                               snippet_t0_ns=ev.snippet_t0_ns, sample_rate_hz=ev.sample_rate_hz,
-                               path_sigma_s=self._pos_sigma_m.get(ev.node_id, 0.0) / self.c))
+        return Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=ev.sigma_ns * 1e-9, pos=pos,
+                       peak_dbfs=ev.peak_dbfs, degraded=ev.degraded,
+                       snippet=ev.snippet if ev.snippet.size else None,
+                       snippet_t0_ns=ev.snippet_t0_ns, sample_rate_hz=ev.sample_rate_hz,
+                       path_sigma_s=self._pos_sigma_m.get(ev.node_id, 0.0) / self.c)
+
+    def _queue(self, ev: Event, key: int) -> None:
+        self.assoc.add(self._arrival(ev, key))
         mark = self._marks.get(ev.node_id)
         now = self.clock_ns()
         if mark is None:
@@ -285,6 +323,13 @@ class Engine:
                 self._review([], [], watermark_ns, deadline)     # the watermark may have freed some
             return []
         reports: list[ShotReport] = []
+        # which put-aside arrivals the review searches from: where the
+        # association's own search came close (the rest, echoes and stray sounds,
+        # may still complete a line-up); asking forgets, so ask for all
+        for shot in shots:
+            for a in shot.arrivals:
+                self.assoc.came_close(a.key)
+        seeds = {a.key: self.assoc.came_close(a.key) for a in rejected}
         now = self.clock_ns()
         ctx = self.store.transaction() if self.store is not None else nullcontext()
         tracker, counters = copy.deepcopy(self.incidents), dict(self.counters)
@@ -294,6 +339,8 @@ class Engine:
                     self.counters["unassociated"] += 1
                     if self.store is not None:
                         self.store.record_outcome(a.key, "unassociated")
+                        if self.review is not None:
+                            self.store.queue_for_review(a.key, seeds[a.key])
                 for shot in shots:
                     reports.append(self._report(shot, now))
         except StoreError as exc:
@@ -313,11 +360,11 @@ class Engine:
                           "retrying (%d failures so far)", len(shots), len(rejected), exc,
                           self.counters["store_errors"])
             return []
-        self._review(shots, rejected, watermark_ns, deadline)
+        self._review(shots, rejected, watermark_ns, deadline, seeds)
         return reports
 
     def _review(self, shots: list[Association], rejected: list[Arrival], watermark_ns: int | None,
-                deadline: float | None) -> None:
+                deadline: float | None, seeds: dict[int, bool] | None = None) -> None:
         """Search what the association put aside for candidates to review. The
         review associator knows the main one's shots (their echoes are judged
         against them) and its view of the network; it decides a line-up only once
@@ -328,28 +375,29 @@ class Engine:
             return
         for shot in shots:
             review.note_formed(shot)
-            for a in shot.arrivals:
-                self.assoc.came_close(a.key)
         for a in rejected:
-            # searched from only where the association's own search came close:
-            # the rest (echoes, stray sounds) may still complete a line-up
-            review.add(a, seed=self.assoc.came_close(a.key))
+            review.add(a, seed=bool(seeds and seeds[a.key]))
         review.adopt_network(self.assoc)
         oldest = self.assoc.oldest_pending_ns
         # the earlier of the two; None (decide everything) only when both are
-        cands, _ = review.step(min((t for t in (oldest, watermark_ns) if t is not None), default=None), deadline)
-        if not cands:
+        cands, dropped = review.step(min((t for t in (oldest, watermark_ns) if t is not None), default=None),
+                                     deadline)
+        if not cands and not dropped:
             return
         now = self.clock_ns()
         ctx = self.store.transaction() if self.store is not None else nullcontext()
         try:
             with ctx:
                 reports = [self._candidate_report(c, now) for c in cands]
+                if self.store is not None:
+                    self.store.reviewed([a.key for a in dropped] + [a.key for c in cands for a in c.arrivals])
         except StoreError as exc:
             self.counters["store_errors"] += 1
             for c in cands:                  # reviewed again at the next step
                 for a in c.arrivals:
                     review.add(a)
+            # (the dropped stay dropped; their queue rows only make a restart look
+            # at them once more)
             if time.monotonic() - self._store_error_logged >= STORE_ERROR_LOG_S:
                 self._store_error_logged = time.monotonic()
                 log.error("could not record %d candidate(s) for review: %s; retrying", len(cands), exc)

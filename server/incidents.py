@@ -57,6 +57,19 @@ class IncidentTracker:
         self._open.append(_Open(key, t_ns, [np.asarray(pos_enu, dtype=float)]))
         return IncidentAssignment(key, 1, True)
 
+    def restore(self, incident: int, t_ns: int, pos_enu: np.ndarray) -> None:
+        """Give back a round ``incident`` had (after a restart; rounds in time
+        order): later rounds may join it and their round numbers go on."""
+        pos = np.asarray(pos_enu, dtype=float)
+        for o in self._open:
+            if o.key == incident:
+                o.last_t_ns = max(o.last_t_ns, t_ns)
+                o.positions.append(pos)
+                break
+        else:
+            self._open.append(_Open(incident, t_ns, [pos]))
+        self._next_key = max(self._next_key, incident + 1)
+
     def would_open(self, t_ns: int, pos_enu: np.ndarray) -> bool:
         """Whether :meth:`assign` would open a new incident for this shot."""
         gap_ns = int(self.cfg.gap_s * 1e9)

@@ -76,8 +76,10 @@ def main(argv: list[str]) -> int:
     log.info("listening for nodes on %s (%s), publishing shots on %s, database %s",
              server.bound, "CURVE" if security is not None else "PLAINTEXT", server.pub_bound, cfg.database)
     pending = server.engine.assoc.pending
-    if pending:
-        log.info("resumed %d stored event(s) not yet decided", pending)
+    review = server.engine.review.pending if server.engine.review is not None else 0
+    if pending or review:
+        log.info("resumed %d stored event(s) not yet decided, %d put aside awaiting the review search",
+                 pending, review)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -6,8 +6,9 @@ its ``shots`` rows), so every stored fact can be covered by the tamper-evident
 audit chain (server/audit.py): each insert is sealed (``AuditLog.seal``) in the
 same transaction as the row, so the row and its audit record are committed — or
 rolled back — together. ``earwitness audit verify --db PATH`` checks them all.
-The ``nodes`` table (last heartbeat of each node) is live status, not evidence,
-and is not sealed.
+The ``nodes`` table (last heartbeat of each node) is live status, and
+``review_queue`` (events put aside that the review search has not decided yet)
+working state; neither is evidence, and neither is sealed.
 
 WAL mode, ``synchronous=FULL``; every public write commits before it returns
 (or joins the caller's :meth:`Store.transaction`), so an event is durable before
@@ -88,6 +89,11 @@ CREATE TABLE IF NOT EXISTS event_outcomes (
     event_id INTEGER PRIMARY KEY REFERENCES events (id),
     shot_id INTEGER REFERENCES shots (id),
     outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shots_time ON shots (t_utc_ns);
+CREATE TABLE IF NOT EXISTS review_queue (
+    event_id INTEGER PRIMARY KEY REFERENCES events (id),
+    seed INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -343,6 +349,55 @@ class Store:
             " WHERE o.event_id IS NULL ORDER BY e.t_utc_ns").fetchall()
         return [(r[0], self.event_row_to_event(r)) for r in rows]
 
+    def shots_since(self, t_utc_ns: int) -> list[tuple[ShotReport, list[tuple[int, Event]]]]:
+        """The shots at or after ``t_utc_ns`` in time order, each with its stored
+        events (id, event): after a restart the association judges echoes of the
+        last shots against them, as it did before."""
+        shots = self._shot_reports("WHERE t_utc_ns >= ?", (t_utc_ns,))
+        if not shots:
+            return []
+        rows = self.conn.execute(
+            "SELECT o.shot_id, e.* FROM events e JOIN event_outcomes o ON o.event_id = e.id"
+            " WHERE o.outcome = 'shot' AND o.shot_id IN (SELECT id FROM shots WHERE t_utc_ns >= ?)"
+            " ORDER BY e.t_utc_ns", (t_utc_ns,)).fetchall()
+        events: dict[int, list[tuple[int, Event]]] = {}
+        for r in rows:
+            events.setdefault(r[0], []).append((r[1], self.event_row_to_event(r[1:])))
+        return [(s, events.get(s.shot_id, [])) for s in shots]
+
+    def open_incident_shots(self, gap_s: float) -> list[ShotReport]:
+        """Every shot, in time order, of the incidents whose last round is within
+        ``gap_s`` of the last stored shot: the incidents a round after a restart
+        may still join."""
+        last = self.conn.execute("SELECT MAX(t_utc_ns) FROM shots").fetchone()[0]
+        if last is None:
+            return []
+        return self._shot_reports(
+            "WHERE incident_id IN (SELECT incident_id FROM shots WHERE t_utc_ns >= ?)",
+            (int(last - gap_s * 1e9),))
+
+    def queue_for_review(self, event_id: int, seed: bool) -> None:
+        """Note an event the association put aside, until the review search has
+        decided it (``seed``: searched from itself, see Engine). Working state,
+        not evidence: not sealed; it lets a restart resume the review search."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO review_queue (event_id, seed) VALUES (?,?)",
+                      (event_id, int(bool(seed))))
+
+    def reviewed(self, event_ids: list[int]) -> None:
+        """The review search has decided these events (a candidate or nothing)."""
+        if event_ids:
+            with self.transaction() as c:
+                c.executemany("DELETE FROM review_queue WHERE event_id = ?", [(k,) for k in event_ids])
+
+    def review_queue(self) -> list[tuple[int, Event, bool]]:
+        """The events put aside but not yet decided by the review search, in time
+        order: (event id, event, seed)."""
+        rows = self.conn.execute(
+            "SELECT q.seed, e.* FROM review_queue q JOIN events e ON e.id = q.event_id"
+            " ORDER BY e.t_utc_ns").fetchall()
+        return [(r[1], self.event_row_to_event(r[1:]), bool(r[0])) for r in rows]
+
     def record_outcome(self, event_id: int, outcome: str, shot_id: int | None = None) -> None:
         """What became of an event (``"shot"`` with its shot id, ``"unassociated"``), sealed."""
         with self.transaction() as c:
@@ -381,9 +436,12 @@ class Store:
 
     def shots(self) -> list[ShotReport]:
         """Every stored shot in time order, as the engine reported it."""
+        return self._shot_reports()
+
+    def _shot_reports(self, where: str = "", params: tuple = ()) -> list[ShotReport]:
         rows = self.conn.execute(
             "SELECT id, incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes"
-            " FROM shots ORDER BY t_utc_ns").fetchall()
+            f" FROM shots {where} ORDER BY t_utc_ns", params).fetchall()
         return [ShotReport(*r[:9], nodes=tuple(json.loads(r[9]))) for r in rows]
 
     def insert_candidate(self, t_utc_ns: int, lat: float, lon: float, alt: float, error_m: float,

@@ -4,6 +4,7 @@ shots but for the chance threshold (server/engine.py, Engine._review)."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 
 import numpy as np
 import pytest
@@ -201,4 +202,47 @@ def test_a_candidate_the_database_refuses_is_offered_again(tmp_path):
     assert row.candidate_id == c.candidate_id and _offset_m(c.lat, c.lon, SRC) < 1.0
     assert eng.finish() == [] and eng.take_candidates() == []
     assert st.verify().ok
+    st.close()
+
+
+def test_a_restart_resumes_the_review_search(tmp_path):
+    """The arrivals put aside wait in the store's review queue until the review
+    search has decided them. Here the candidate cannot be recorded (the disk
+    refuses it) and the server then dies: after the restart the review search
+    picks the queue up and the candidate is recorded, once."""
+    db = tmp_path / "db.sqlite"
+    st = Store(db)
+    eng = _engine(store=st)
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+    st.conn.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY
+                           if action == sqlite3.SQLITE_INSERT and table == "candidates" else sqlite3.SQLITE_OK)
+    assert eng.finish() == [] and eng.take_candidates() == [] and eng.counters["store_errors"] == 1
+    assert len(st.review_queue()) == 4 and [k for k, _, seed in st.review_queue() if seed]
+    st.close()                                          # dies before it could retry
+    st = Store(db)
+    eng = _engine(store=st)
+    assert eng.finish() == []
+    (c,) = eng.take_candidates()
+    assert _offset_m(c.lat, c.lon, SRC) < 1.0 and st.candidates() == [c]
+    assert st.review_queue() == [] and st.verify().ok
+    st.close()
+    st = Store(db)                                      # and again: nothing left to review
+    eng = _engine(store=st)
+    assert eng.finish() == [] and eng.take_candidates() == [] and len(st.candidates()) == 1
+    st.close()
+
+
+def test_a_restart_with_review_turned_off_empties_the_queue(tmp_path):
+    db = tmp_path / "db.sqlite"
+    st = Store(db)
+    eng = _engine(store=st)
+    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+    st.conn.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY
+                           if action == sqlite3.SQLITE_INSERT and table == "candidates" else sqlite3.SQLITE_OK)
+    eng.finish()
+    st.close()
+    st = Store(db)
+    eng = _engine(review_max_chance=0.0, store=st)
+    assert eng.finish() == [] and eng.take_candidates() == []
+    assert st.review_queue() == [] and st.candidates() == []
     st.close()

@@ -268,3 +268,67 @@ def test_restart_reloads_only_undecided_events(tmp_path):
     reps = eng2.finish()
     assert len(reps) == 1 and len(st2.shots()) == 2
     assert st2.verify().ok
+
+
+def _watermark(eng: Engine, nodes: dict[str, np.ndarray], stream_ns: int, now_ns: int) -> list:
+    """Every node reports audio up to ``stream_ns``; what the engine then decides."""
+    for n, p in nodes.items():
+        eng.ingest_heartbeat(heartbeat(n, p, stream_ns, now_ns), received_ns=now_ns)
+    return eng.advance(now_ns=now_ns)
+
+
+def test_echoes_of_the_last_shot_stay_echoes_across_a_restart(tmp_path):
+    """A wall 280 m east of a shot reflects it to every node as a clean line-up
+    (a mirror-image source). The server decides the shot, then restarts before
+    the echoes' line-up is decided: after the restart the echoes are still
+    judged against the stored shot, as without the restart — no second shot."""
+    nodes = node_grid(6)
+    src, mirror = np.array([120.0, 80.0, 1.5]), np.array([680.0, 80.0, 1.5])
+    now = T0 + 100 * 10**9
+    for restart in (False, True):
+        db = tmp_path / f"s{restart}.sqlite"
+        cfg = ServerConfig(database=str(db), temperature_c=20.0, allow_plaintext=True)
+        st = Store(db)
+        eng = Engine(cfg, st)
+        seqs: dict[str, int] = {}
+        direct = shot_events(nodes, src, T0, seqs)
+        echoes = shot_events(nodes, mirror, T0, seqs)
+        eng.ingest_batch(sorted(direct + echoes, key=lambda e: e.t_utc_ns), received_ns=now)
+        wait = eng.assoc.max_travel_ns() + int(cfg.association.latency_s * 1e9)
+        first = min(e.t_utc_ns for e in direct)
+        assert len(_watermark(eng, nodes, first + wait + 400_000_000, now)) == 1
+        assert eng.assoc.pending == 6                 # the echoes, not decided yet
+        if restart:
+            st.close()
+            st = Store(db)
+            eng = Engine(cfg, st)
+            assert eng.assoc.pending == 6
+        assert eng.finish() == []
+        assert len(st.shots()) == 1 and eng.take_candidates() == []
+        st.close()
+
+
+def test_a_burst_split_by_a_restart_stays_one_incident(tmp_path):
+    """Four rounds 0.5 s apart from one place; the server restarts after the
+    first two are decided. The last two join the same incident as rounds 3 and 4."""
+    db = tmp_path / "s.sqlite"
+    cfg = ServerConfig(database=str(db), temperature_c=20.0, allow_plaintext=True)
+    nodes = node_grid(6)
+    src = np.array([150.0, 100.0, 1.5])
+    seqs: dict[str, int] = {}
+    rounds = [shot_events(nodes, src, T0 + k * 500_000_000, seqs) for k in range(4)]
+    now = T0 + 100 * 10**9
+    st = Store(db)
+    eng = Engine(cfg, st)
+    eng.ingest_batch(sorted(sum(rounds, []), key=lambda e: e.t_utc_ns), received_ns=now)
+    wait = eng.assoc.max_travel_ns() + int(cfg.association.latency_s * 1e9)
+    done = _watermark(eng, nodes, T0 + wait + 1_200_000_000, now)
+    assert [r.round for r in done] == [1, 2]
+    st.close()
+    st = Store(db)
+    eng = Engine(cfg, st)
+    rest = eng.finish()
+    assert [r.round for r in rest] == [3, 4]
+    assert {r.incident for r in done + rest} == {done[0].incident}
+    assert len(st.conn.execute("SELECT id FROM incidents").fetchall()) == 1
+    st.close()
