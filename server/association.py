@@ -444,11 +444,45 @@ class Associator:
         lam, vec = np.linalg.eigh(data_info)
         data_info = (vec * np.maximum(lam, 0.0)) @ vec.T
         self._winds = (self._winds + [(info @ w, data_info)])[-WIND_POOL:]
-        total = prior_info + sum(i for _, i in self._winds)
+        self._pool_winds(prior_sigma_mps)
+
+    def _pool_winds(self, prior_sigma_mps: float) -> None:
+        if not self._winds:
+            self.wind_mps, self.wind_sigma_mps = (0.0, 0.0), None
+            return
+        total = np.eye(2) / prior_sigma_mps**2 + sum(i for _, i in self._winds)
         pooled_cov = np.linalg.inv(total)
         mean = pooled_cov @ sum(v for v, _ in self._winds)
         self.wind_mps = (float(mean[0]), float(mean[1]))
         self.wind_sigma_mps = float(np.sqrt(max(np.linalg.eigvalsh(pooled_cov).max(), 0.0)))
+
+    def learnt(self) -> dict:
+        """What the associator has learnt of the network from its recent shots
+        (the timing scales and model errors behind :attr:`net_scale` and
+        :attr:`learnt_model_sigma_s`, the wind estimates behind
+        :attr:`wind_mps`), as plain JSON values: the engine keeps it in its store
+        so that a restart carries it on (:meth:`restore_learnt`)."""
+        return {"scales": list(self._scales), "model_sigmas": list(self._model_sigmas),
+                "winds": [[v.tolist(), i.tolist()] for v, i in self._winds]}
+
+    def restore_learnt(self, state: object, wind_prior_sigma_mps: float) -> None:
+        """Take back what :meth:`learnt` gave. Raises ValueError (and changes
+        nothing) when ``state`` is not such a value."""
+        try:
+            scales = [float(x) for x in state["scales"]][-SCALE_POOL:]            # type: ignore[index]
+            sigmas = [float(x) for x in state["model_sigmas"]][-SCALE_POOL:]      # type: ignore[index]
+            winds = [(np.array(v, dtype=float).reshape(2), np.array(i, dtype=float).reshape(2, 2))
+                     for v, i in state["winds"]][-WIND_POOL:]                     # type: ignore[index]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"not a learnt network state ({type(exc).__name__}: {exc})") from None
+        if not all(math.isfinite(x) and x > 0 for x in scales) or not all(math.isfinite(x) and x >= 0
+                                                                          for x in sigmas) \
+                or not all(np.all(np.isfinite(v)) and np.all(np.isfinite(i)) for v, i in winds):
+            raise ValueError("not a learnt network state (a value is not a finite, positive number)")
+        self._scales, self._model_sigmas, self._winds = scales, sigmas, winds
+        self.net_scale = float(np.clip(np.median(scales), 1.0, MAX_NET_SCALE)) if scales else 1.0
+        self._pool_winds(wind_prior_sigma_mps)
+        self._cache, self._seed_t = {}, {}
 
     def _learn(self, shot: Association) -> None:
         """Update :attr:`net_scale` from a formed shot with spare arrivals."""

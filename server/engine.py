@@ -31,6 +31,8 @@ from server.store import Store, StoreError
 log = logging.getLogger("earwitness.server")
 #: Least time between two log lines about a failing database write (s).
 STORE_ERROR_LOG_S = 10.0
+#: The store's key for what the association has learnt of the network.
+LEARNT_KEY = "association.learnt"
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Engine:
                                      c_try, z_source=None, model_sigma_s=cfg.solver.model_sigma_s,
                                      z_sigma=self.assoc.z_sigma)
         self._new_candidates: list[CandidateReport] = []
+        self._learnt_saved: dict | None = None
         self.incidents = IncidentTracker(cfg.incidents)
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
@@ -214,8 +217,15 @@ class Engine:
         review search back the arrivals it had not decided, and show both
         associators the shots formed shortly before — so the echoes of a shot
         decided just before the restart are still judged as its echoes, not
-        formed into a shot of their own. (The learnt timing scale and wind start
-        again from the configured values.)"""
+        formed into a shot of their own — and give the association back what it
+        had learnt of the network (timing scale, wind)."""
+        try:
+            learnt = store.load_state(LEARNT_KEY)
+            if learnt is not None:
+                self.assoc.restore_learnt(learnt, self.cfg.solver.wind_sigma_mps)
+        except ValueError as exc:
+            log.warning("ignoring what the database says the association had learnt of the network: %s; "
+                        "starting again from the configured timing error and no wind", exc)
         for s in store.open_incident_shots(self.cfg.incidents.gap_s):
             self.incidents.restore(s.incident, s.t_utc_ns, self._enu(s.lat, s.lon, s.alt))
         queued = store.review_queue()
@@ -343,6 +353,11 @@ class Engine:
                             self.store.queue_for_review(a.key, seeds[a.key])
                 for shot in shots:
                     reports.append(self._report(shot, now))
+                if shots and self.store is not None:
+                    learnt = self.assoc.learnt()
+                    if learnt != self._learnt_saved:
+                        self.store.save_state(LEARNT_KEY, learnt)
+                        self._learnt_saved = learnt
         except StoreError as exc:
             # Nothing of this decision was stored (one transaction): undo it and
             # decide these arrivals again at the next step, when the disk may have

@@ -8,7 +8,8 @@ same transaction as the row, so the row and its audit record are committed — o
 rolled back — together. ``earwitness audit verify --db PATH`` checks them all.
 The ``nodes`` table (last heartbeat of each node) is live status, and
 ``review_queue`` (events put aside that the review search has not decided yet)
-working state; neither is evidence, and neither is sealed.
+and ``engine_state`` (what the association has learnt of the network) are
+working state; none of them is evidence, and none is sealed.
 
 WAL mode, ``synchronous=FULL``; every public write commits before it returns
 (or joins the caller's :meth:`Store.transaction`), so an event is durable before
@@ -94,6 +95,10 @@ CREATE INDEX IF NOT EXISTS shots_time ON shots (t_utc_ns);
 CREATE TABLE IF NOT EXISTS review_queue (
     event_id INTEGER PRIMARY KEY REFERENCES events (id),
     seed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS engine_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -397,6 +402,24 @@ class Store:
             "SELECT q.seed, e.* FROM review_queue q JOIN events e ON e.id = q.event_id"
             " ORDER BY e.t_utc_ns").fetchall()
         return [(r[1], self.event_row_to_event(r[1:]), bool(r[0])) for r in rows]
+
+    def save_state(self, key: str, value: object) -> None:
+        """Keep a piece of the engine's learnt state (a JSON value) under ``key``.
+        Working state, not evidence: not sealed."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO engine_state (key, value) VALUES (?,?)",
+                      (key, json.dumps(value, allow_nan=False)))
+
+    def load_state(self, key: str) -> object | None:
+        """What :meth:`save_state` kept under ``key`` (None: nothing). Raises
+        ValueError when it is not JSON."""
+        row = self.conn.execute("SELECT value FROM engine_state WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the stored {key!r} state is not JSON ({exc})") from None
 
     def record_outcome(self, event_id: int, outcome: str, shot_id: int | None = None) -> None:
         """What became of an event (``"shot"`` with its shot id, ``"unassociated"``), sealed."""

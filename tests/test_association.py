@@ -203,3 +203,24 @@ def test_pooled_wind_takes_the_prior_out_once():
     expect = pooled @ (3 * data @ np.array([2.0, -1.0]))
     assert np.allclose(assoc.wind_mps, expect, atol=1e-9)
     assert abs(assoc.wind_sigma_mps - np.sqrt(pooled[0, 0])) < 1e-9
+
+
+def test_learnt_network_state_round_trips_through_json():
+    """learnt() → JSON → restore_learnt() gives back the same timing scale and
+    pooled wind; a malformed state changes nothing."""
+    import json
+    a = Associator(AssociationConfig(), C, z_source=1.5)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        a.note_wind((1.5 + rng.normal(0, 0.3), -0.5 + rng.normal(0, 0.3)), np.diag([0.4, 0.5]), 4.0)
+    a._scales, a.net_scale = [2.0, 3.0, 5.0], 3.0
+    b = Associator(AssociationConfig(), C, z_source=1.5)
+    b.restore_learnt(json.loads(json.dumps(a.learnt())), 4.0)
+    assert b.net_scale == 3.0 and b.learnt() == a.learnt()
+    assert b.wind_mps == pytest.approx(a.wind_mps, abs=1e-12)
+    assert b.wind_sigma_mps == pytest.approx(a.wind_sigma_mps, abs=1e-12)
+    for bad in ({"scales": [1.0]}, {"scales": [1.0], "model_sigmas": [], "winds": [[[1.0], [[1.0]]]]},
+                {"scales": [float("nan")], "model_sigmas": [], "winds": []}, [1, 2], None):
+        with pytest.raises(ValueError, match="not a learnt network state"):
+            b.restore_learnt(bad, 4.0)
+        assert b.learnt() == a.learnt()

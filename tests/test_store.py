@@ -332,3 +332,38 @@ def test_a_burst_split_by_a_restart_stays_one_incident(tmp_path):
     assert {r.incident for r in done + rest} == {done[0].incident}
     assert len(st.conn.execute("SELECT id FROM incidents").fetchall()) == 1
     st.close()
+
+
+def test_what_the_association_learnt_survives_a_restart(tmp_path, caplog):
+    """Shots whose arrivals are 1 ms worse than their nodes claim teach the
+    association the network's timing scale; a restarted server starts from what
+    was learnt, not from the configured value. A state that is not one is
+    ignored with a warning."""
+    db = tmp_path / "s.sqlite"
+    cfg = ServerConfig(database=str(db), temperature_c=20.0, allow_plaintext=True)
+    rng = np.random.default_rng(4)
+    nodes = node_grid(9)
+    seqs: dict[str, int] = {}
+    evs = []
+    for k in range(4):
+        for e in shot_events(nodes, np.array([60.0 + 40 * k, 90.0, 1.5]), T0 + k * 10**10, seqs):
+            dt = int(rng.normal(0.0, 1e6))
+            evs.append(dataclasses.replace(e, t_utc_ns=e.t_utc_ns + dt, snippet_t0_ns=e.snippet_t0_ns + dt))
+    st = Store(db)
+    eng = Engine(cfg, st)
+    eng.ingest_batch(sorted(evs, key=lambda e: e.t_utc_ns))
+    assert len(eng.finish()) == 4
+    learnt = (eng.assoc.net_scale, eng.assoc.learnt_model_sigma_s, eng.assoc.wind_mps, eng.assoc.wind_sigma_mps)
+    assert learnt[0] > 1.0 and learnt[1] is not None and learnt[1] > cfg.solver.model_sigma_s
+    st.close()
+    st = Store(db)
+    eng = Engine(cfg, st)
+    assert (eng.assoc.net_scale, eng.assoc.learnt_model_sigma_s, eng.assoc.wind_mps,
+            eng.assoc.wind_sigma_mps) == learnt
+    for bad in ('{"scales": "fast"}', "not json", '{"scales": [-1], "model_sigmas": [], "winds": []}'):
+        st.conn.execute("UPDATE engine_state SET value = ?", (bad,))
+        caplog.clear()
+        eng = Engine(cfg, st)
+        assert eng.assoc.net_scale == 1.0 and eng.assoc.learnt_model_sigma_s is None
+        assert "ignoring what the database says the association had learnt" in caplog.text
+    st.close()
