@@ -205,12 +205,9 @@ def test_a_candidate_the_database_refuses_is_offered_again(tmp_path):
     st.close()
 
 
-def test_a_restart_resumes_the_review_search(tmp_path):
-    """The arrivals put aside wait in the store's review queue until the review
-    search has decided them. Here the candidate cannot be recorded (the disk
-    refuses it) and the server then dies: after the restart the review search
-    picks the queue up and the candidate is recorded, once."""
-    db = tmp_path / "db.sqlite"
+def _dies_before_recording_the_candidate(db) -> None:
+    """A lone four-node shot whose candidate the disk refuses to record; then the
+    server dies, its put-aside arrivals still in the review queue."""
     st = Store(db)
     eng = _engine(store=st)
     eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
@@ -218,7 +215,15 @@ def test_a_restart_resumes_the_review_search(tmp_path):
                            if action == sqlite3.SQLITE_INSERT and table == "candidates" else sqlite3.SQLITE_OK)
     assert eng.finish() == [] and eng.take_candidates() == [] and eng.counters["store_errors"] == 1
     assert len(st.review_queue()) == 4 and [k for k, _, seed in st.review_queue() if seed]
-    st.close()                                          # dies before it could retry
+    st.close()
+
+
+def test_a_restart_resumes_the_review_search(tmp_path):
+    """The arrivals put aside wait in the store's review queue until the review
+    search has decided them: after a restart the review search picks the queue
+    up and the candidate is recorded, once."""
+    db = tmp_path / "db.sqlite"
+    _dies_before_recording_the_candidate(db)
     st = Store(db)
     eng = _engine(store=st)
     assert eng.finish() == []
@@ -234,13 +239,7 @@ def test_a_restart_resumes_the_review_search(tmp_path):
 
 def test_a_restart_with_review_turned_off_empties_the_queue(tmp_path):
     db = tmp_path / "db.sqlite"
-    st = Store(db)
-    eng = _engine(store=st)
-    eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
-    st.conn.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY
-                           if action == sqlite3.SQLITE_INSERT and table == "candidates" else sqlite3.SQLITE_OK)
-    eng.finish()
-    st.close()
+    _dies_before_recording_the_candidate(db)
     st = Store(db)
     eng = _engine(review_max_chance=0.0, store=st)
     assert eng.finish() == [] and eng.take_candidates() == []
