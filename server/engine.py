@@ -327,6 +327,7 @@ class Engine:
         return out
 
     def _decide(self, watermark_ns: int | None, deadline: float | None = None) -> list[ShotReport]:
+        learnt = self.assoc.learnt() if self.store is not None else None
         shots, rejected = self.assoc.step(watermark_ns, deadline)
         if not shots and not rejected:
             if self.review is not None and self.review.pending:
@@ -363,6 +364,8 @@ class Engine:
             # decide these arrivals again at the next step, when the disk may have
             # room. Shots are published only once they are on record.
             self.incidents, self.counters = tracker, counters
+            # what these shots taught the association is learnt again when they are
+            self.assoc.restore_learnt(learnt, self.cfg.solver.wind_sigma_mps)
             self.counters["store_errors"] += 1
             for a in rejected:
                 self.assoc.add(a)

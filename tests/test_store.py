@@ -334,6 +334,41 @@ def test_a_burst_split_by_a_restart_stays_one_incident(tmp_path):
     st.close()
 
 
+def _rough_shots(n: int) -> list[Event]:
+    """``n`` shots 10 s apart heard by 9 nodes, their arrivals 1 ms (1 σ) worse
+    than the nodes claim (20 µs): shots that teach the network's timing scale."""
+    rng = np.random.default_rng(4)
+    nodes = node_grid(9)
+    seqs: dict[str, int] = {}
+    evs = []
+    for k in range(n):
+        for e in shot_events(nodes, np.array([60.0 + 40 * k, 90.0, 1.5]), T0 + k * 10**10, seqs):
+            dt = int(rng.normal(0.0, 1e6))
+            evs.append(dataclasses.replace(e, t_utc_ns=e.t_utc_ns + dt, snippet_t0_ns=e.snippet_t0_ns + dt))
+    return sorted(evs, key=lambda e: e.t_utc_ns)
+
+
+def test_a_decision_that_could_not_be_recorded_teaches_nothing(tmp_path):
+    """When recording a decision fails, the shots are formed again later: what
+    they taught the association (timing scale, wind) counts once, as without
+    the failure."""
+    cfg = ServerConfig(database="x", temperature_c=20.0, allow_plaintext=True)
+    learnt = []
+    for fail in (False, True):
+        st = Store(tmp_path / f"s{fail}.sqlite")
+        eng = Engine(cfg, st)
+        eng.ingest_batch(_rough_shots(3))
+        if fail:
+            st.conn.set_authorizer(lambda action, *_: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT
+                                   else sqlite3.SQLITE_OK)
+            assert eng.finish() == [] and eng.counters["store_errors"] == 1
+            st.conn.set_authorizer(None)
+        assert len(eng.finish()) == 3
+        learnt.append(eng.assoc.learnt())
+        st.close()
+    assert learnt[0] == learnt[1] and len(learnt[0]["scales"]) == 3
+
+
 def test_what_the_association_learnt_survives_a_restart(tmp_path, caplog):
     """Shots whose arrivals are 1 ms worse than their nodes claim teach the
     association the network's timing scale; a restarted server starts from what
@@ -341,17 +376,9 @@ def test_what_the_association_learnt_survives_a_restart(tmp_path, caplog):
     ignored with a warning."""
     db = tmp_path / "s.sqlite"
     cfg = ServerConfig(database=str(db), temperature_c=20.0, allow_plaintext=True)
-    rng = np.random.default_rng(4)
-    nodes = node_grid(9)
-    seqs: dict[str, int] = {}
-    evs = []
-    for k in range(4):
-        for e in shot_events(nodes, np.array([60.0 + 40 * k, 90.0, 1.5]), T0 + k * 10**10, seqs):
-            dt = int(rng.normal(0.0, 1e6))
-            evs.append(dataclasses.replace(e, t_utc_ns=e.t_utc_ns + dt, snippet_t0_ns=e.snippet_t0_ns + dt))
     st = Store(db)
     eng = Engine(cfg, st)
-    eng.ingest_batch(sorted(evs, key=lambda e: e.t_utc_ns))
+    eng.ingest_batch(_rough_shots(4))
     assert len(eng.finish()) == 4
     learnt = (eng.assoc.net_scale, eng.assoc.learnt_model_sigma_s, eng.assoc.wind_mps, eng.assoc.wind_sigma_mps)
     assert learnt[0] > 1.0 and learnt[1] is not None and learnt[1] > cfg.solver.model_sigma_s
