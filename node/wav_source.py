@@ -17,7 +17,7 @@ import warnings
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import scipy.io.wavfile
@@ -44,6 +44,36 @@ class WavInfo:
     is_float: bool
 
 
+def _chunks(f: BinaryIO, file_size: int) -> Iterator[tuple[bytes, int, int]]:
+    """The chunks after a RIFF header: (id, declared size, offset of the body);
+    ``f`` is left at the body of the chunk just yielded."""
+    pos = 12
+    while pos + 8 <= file_size:
+        f.seek(pos)
+        cid, size = struct.unpack("<4sI", f.read(8))
+        yield cid, size, pos + 8
+        pos += 8 + size + (size & 1)
+
+
+def read_chunk(path: str | Path, chunk_id: bytes) -> bytes | None:
+    """The body of the first RIFF chunk ``chunk_id`` (4 bytes, e.g. ``b"smj0"``)
+    of a WAV file whose structure checks out, or None when it has none.
+    Raises :class:`WavError` as :func:`wav_info` does, and when the chunk is cut short."""
+    p, info = _open_checked(path)
+    if info is None:
+        return None
+    with open(p, "rb") as f:
+        size_all = f.seek(0, 2)
+        for cid, size, body in _chunks(f, size_all):
+            if cid == chunk_id:
+                raw = f.read(size)
+                if len(raw) < size:
+                    raise WavError(f"{p}: truncated: {chunk_id.decode('ascii', 'replace')!r} chunk declares "
+                                   f"{size} bytes but only {len(raw)} are present")
+                return raw
+    return None
+
+
 def _walk_riff(path: Path, f: BinaryIO, file_size: int) -> WavInfo | None:
     """Walk the RIFF chunks of the open file ``f``; raise WavError on any defect.
 
@@ -61,11 +91,7 @@ def _walk_riff(path: Path, f: BinaryIO, file_size: int) -> WavInfo | None:
             "expected RIFF…WAVE)")
     fmt: tuple[int, int, int, int, int] | None = None
     data_size: int | None = None
-    pos = 12
-    while pos + 8 <= file_size:
-        f.seek(pos)
-        cid, size = struct.unpack("<4sI", f.read(8))
-        body = pos + 8
+    for cid, size, body in _chunks(f, file_size):
         if cid == b"fmt ":
             raw = f.read(min(size, 40))
             if size < 16 or len(raw) < 16:
@@ -99,7 +125,6 @@ def _walk_riff(path: Path, f: BinaryIO, file_size: int) -> WavInfo | None:
                     f"{path}: broken WAV: 'data' chunk of {size} bytes is not a whole number "
                     f"of {fmt[3]}-byte frames")
             data_size = size
-        pos = body + size + (size & 1)
     if fmt is None:
         raise WavError(f"{path}: broken WAV: no 'fmt ' chunk")
     if data_size is None:

@@ -48,6 +48,7 @@ from common.recording_set import (
     write_set,
 )
 from common.timefmt import NS_PER_S, iso_to_ns
+from server.shotspotter_wavs import set_from_wavs
 
 #: The data's x/y/z are East/North/Up metres of this frame (a nominal point in
 #: Pittsburgh; the real origin was anonymised and differs per firing position).
@@ -397,14 +398,17 @@ def load_test(test_dir: str | Path, mode: Mode = "both") -> ShotSpotterTest:
 def main(argv: Sequence[str] | None = None) -> int:
     """``earwitness import-shotspotter SRC_DIR OUT_DIR [--mode picks|audio|both]``.
 
-    Writes ``OUT_DIR/FPn/test_NNN/set.json`` for every test under ``SRC_DIR``.
+    Writes ``OUT_DIR/FPn/test_NNN/set.json`` for every test under ``SRC_DIR``; for
+    a folder of ShotSpotter sensor WAVs (server/shotspotter_wavs.py), one
+    ``OUT_DIR/set.json``.
     Returns the process exit status (0 ok, 2 on bad input).
     """
     ap = argparse.ArgumentParser(
         prog="earwitness import-shotspotter",
-        description="Convert ShotSpotter's Pittsburgh live-fire data (FP*/test_NNN/) into recording sets.",
+        description="Convert ShotSpotter's Pittsburgh live-fire data (FP*/test_NNN/), or a folder of "
+                    "ShotSpotter sensor WAVs with their smj0 metadata, into recording sets.",
     )
-    ap.add_argument("src_dir", help="folder holding FP*/test_NNN/ (or one FP or test folder)")
+    ap.add_argument("src_dir", help="folder holding FP*/test_NNN/ (or one FP or test folder), or sensor WAVs")
     ap.add_argument("out_dir", help="output folder; gets FPn/test_NNN/set.json")
     ap.add_argument("--mode", choices=MODES, default="both",
                     help="picks: pulse arrivals only; audio: WAV nodes only; both (default): one set with both")
@@ -413,8 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         tests = find_tests(args.src_dir)
+        if not tests and any(Path(args.src_dir).glob("*.wav")):
+            # a folder of sensor WAVs carrying their own metadata: one set
+            rs = set_from_wavs(args.src_dir)
+            path = write_set(args.out_dir, rs, wav_paths=args.wav_paths)
+            print(f"{len(rs.nodes)} sensor WAV(s) -> {path}")
+            return 0
         if not tests:
-            raise ShotSpotterError(f"{args.src_dir}: no test_NNN/test_NNN.survey.json found below it")
+            raise ShotSpotterError(f"{args.src_dir}: no test_NNN/test_NNN.survey.json found below it, and no "
+                                   "ShotSpotter sensor WAVs in it")
         out = Path(args.out_dir)
         counts: dict[str, list[int]] = {}
         for test_dir in tests:

@@ -16,13 +16,14 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 
 from common.config import DetectorConfig, ServerConfig
 from common.protocol import Event
-from common.recording_set import RecordingSet, RecordingSetError, SetNode, load_set
+from common.recording_set import SET_FILENAME, RecordingSet, RecordingSetError, SetNode, load_set
 from common.timefmt import ns_to_iso
 from node.detector import Detector
 from node.pipeline import onset_to_event
@@ -30,6 +31,7 @@ from node.timebase import FixedTimebase
 from node.wav_source import WavError, read_wav
 from server.association import SCALE_MIN_SHOTS
 from server.engine import CandidateReport, Engine, ShotReport
+from server.shotspotter_wavs import set_from_wavs
 
 Mode = Literal["auto", "picks", "audio"]
 #: Timing uncertainty of a recording's GPS start stamp (1 σ, ns).
@@ -244,10 +246,24 @@ def _progress_bar(done: int, total: int) -> None:
         print(file=sys.stderr)
 
 
+def load_input(path: str | os.PathLike) -> RecordingSet:
+    """What ``earwitness locate`` reads: a recording set (a directory holding
+    ``set.json``, or that file), or a folder of ShotSpotter sensor WAVs that
+    carry their own metadata (server/shotspotter_wavs.py)."""
+    p = Path(path)
+    if p.is_dir() and not (p / SET_FILENAME).exists():
+        return set_from_wavs(p)
+    return load_set(p)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rs = load_set(args.path)
+        rs = load_input(args.path)
+        if rs.path is None:
+            print(f"no {SET_FILENAME} in {args.path}: read {len(rs.nodes)} ShotSpotter sensor WAV(s) with "
+                  f"their own metadata (position, start time{', temperature' if rs.temperature_c is not None else ''})",
+                  file=sys.stderr)
         if args.temperature is not None:
             rs = replace(rs, temperature_c=args.temperature)
         result = locate(rs, args.mode, cfg=cli_server_config(args),
