@@ -178,11 +178,11 @@ def timing_note(result: LocateResult) -> str | None:
     assumption itself kept from forming)."""
     got = result.learnt_model_sigma_s
     if got is None:
+        street = " (ShotSpotter's Pittsburgh street network measured 7.0 ms)" if result.model_sigma_s < 7e-3 else ""
         return (f"note: the assumed model timing error ({result.model_sigma_s * 1e3:.1f} ms, 1 σ) could not be "
                 f"checked: {result.learnt_from} located shot(s) had spare arrivals to measure it, "
                 f"{SCALE_MIN_SHOTS} are needed. If shots you expected are missing, the node positions or sound "
-                f"paths may be less exact than that: rerun with a larger --model-sigma-ms (ShotSpotter's "
-                f"Pittsburgh street network measured 7.0 ms).")
+                f"paths may be less exact than that: rerun with a larger --model-sigma-ms{street}.")
     if got <= 2.0 * result.model_sigma_s:
         return None
     return (f"note: the {result.learnt_from} shots with spare arrivals fit as if the network added "
@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="earwitness locate",
         description="Locate shots in a recording set (a directory with set.json, or the file itself): "
                     "WAVs go through the node detector, picks straight to the server's association and solver.")
-    p.add_argument("path", help="recording set directory or set.json (see docs/recording-set.md)")
+    p.add_argument("path", help="recording set directory or set.json (see docs/recording-set.md), or a folder "
+                                "of ShotSpotter sensor WAVs")
     p.add_argument("--mode", choices=["auto", "picks", "audio"], default="auto",
                    help="audio: detect onsets in the WAVs; picks: use the set's arrivals (default: audio if any WAV)")
     p.add_argument("--json", action="store_true", help="one JSON line per located shot")

@@ -185,7 +185,10 @@ def test_a_network_too_small_to_check_its_timing_is_told_so():
     result = locate(rs, "picks")
     assert result.learnt_model_sigma_s is None
     note = timing_note(result)
-    assert note and "could not be checked" in note and "--model-sigma-ms" in note
+    assert note and "could not be checked" in note and "--model-sigma-ms" in note and "7.0 ms" in note
+    # at a street network's σ already, the note does not point at that σ again
+    note = timing_note(dataclasses.replace(result, model_sigma_s=7e-3))
+    assert note and "could not be checked" in note and "Pittsburgh" not in note
 
 
 def test_a_nodes_position_uncertainty_weighs_its_arrivals_and_widens_the_radius():
