@@ -169,6 +169,12 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
                         tuple(replace(c, candidate_id=k) for k, c in enumerate(engine.take_candidates(), 1)))
 
 
+#: The model timing error (ms, 1 σ) ShotSpotter's Pittsburgh street sensors
+#: showed in picks mode (docs/accuracy.md): what ``locate`` assumes for a folder
+#: of ShotSpotter sensor WAVs unless told otherwise.
+STREET_MODEL_SIGMA_MS = 7.0
+
+
 def timing_note(result: LocateResult) -> str | None:
     """A line for the operator (None when there is nothing to tell): the shots
     showed far larger timing errors than the association assumed — the
@@ -178,7 +184,8 @@ def timing_note(result: LocateResult) -> str | None:
     assumption itself kept from forming)."""
     got = result.learnt_model_sigma_s
     if got is None:
-        street = " (ShotSpotter's Pittsburgh street network measured 7.0 ms)" if result.model_sigma_s < 7e-3 else ""
+        street = (f" (ShotSpotter's Pittsburgh street network measured {STREET_MODEL_SIGMA_MS} ms)"
+                  if result.model_sigma_s < STREET_MODEL_SIGMA_MS * 1e-3 else "")
         return (f"note: the assumed model timing error ({result.model_sigma_s * 1e3:.1f} ms, 1 σ) could not be "
                 f"checked: {result.learnt_from} located shot(s) had spare arrivals to measure it, "
                 f"{SCALE_MIN_SHOTS} are needed. If shots you expected are missing, the node positions or sound "
@@ -247,24 +254,34 @@ def _progress_bar(done: int, total: int) -> None:
         print(file=sys.stderr)
 
 
+def sensor_wav_folder(path: str | os.PathLike) -> bool:
+    """``path`` is a folder without ``set.json``: ``locate`` reads the ShotSpotter
+    sensor WAVs in it (server/shotspotter_wavs.py)."""
+    p = Path(path)
+    return p.is_dir() and not (p / SET_FILENAME).exists()
+
+
 def load_input(path: str | os.PathLike) -> RecordingSet:
     """What ``earwitness locate`` reads: a recording set (a directory holding
     ``set.json``, or that file), or a folder of ShotSpotter sensor WAVs that
-    carry their own metadata (server/shotspotter_wavs.py)."""
-    p = Path(path)
-    if p.is_dir() and not (p / SET_FILENAME).exists():
-        return set_from_wavs(p)
-    return load_set(p)
+    carry their own metadata."""
+    return set_from_wavs(path) if sensor_wav_folder(path) else load_set(path)
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         rs = load_input(args.path)
-        if rs.path is None:
+        if sensor_wav_folder(args.path):
+            assumed = ""
+            if args.model_sigma_ms is None:
+                # street sensors: their network's timing is what ShotSpotter's own showed
+                args.model_sigma_ms = STREET_MODEL_SIGMA_MS
+                assumed = (f"; assuming the {STREET_MODEL_SIGMA_MS} ms model timing error ShotSpotter's "
+                           "Pittsburgh street network showed (--model-sigma-ms to change)")
             print(f"no {SET_FILENAME} in {args.path}: read {len(rs.nodes)} ShotSpotter sensor WAV(s) with "
-                  f"their own metadata (position, start time{', temperature' if rs.temperature_c is not None else ''})",
-                  file=sys.stderr)
+                  f"their own metadata (position, start time{', temperature' if rs.temperature_c is not None else ''})"
+                  f"{assumed}", file=sys.stderr)
         if args.temperature is not None:
             rs = replace(rs, temperature_c=args.temperature)
         result = locate(rs, args.mode, cfg=cli_server_config(args),

@@ -117,12 +117,18 @@ def test_real_chicago_sensor_files_match_their_metadata_dumps():
 def test_locate_on_a_real_chicago_burst(capsys):
     """A request for review from Chicago: six sensors, ten seconds, a burst of
     rounds about a second apart. No surveyed truth, so the check is self-
-    consistency: at the timing error a street network shows (7 ms; the default
-    0.5 ms is a GPS-timed open field, and locate says so), the rounds of the
-    burst are one incident and come from one place."""
+    consistency: at the timing error a street network shows (7 ms, what locate
+    assumes for ShotSpotter sensor WAVs), the rounds of the burst are one
+    incident and come from one place. At the 0.5 ms of a GPS-timed open field,
+    given explicitly, none is a shot."""
     d = _chicago("request-4072698")
-    assert locate_main([str(d), "--json", "--model-sigma-ms", "7"]) == 0
-    shots = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert locate_main([str(d), "--json", "--model-sigma-ms", "0.5"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "assuming" not in out.err
+    assert locate_main([str(d), "--json"]) == 0
+    out = capsys.readouterr()
+    assert "assuming the 7.0 ms model timing error" in out.err
+    shots = [json.loads(line) for line in out.out.splitlines()]
     burst = [s for s in shots if s["incident"] == 1]
     assert len(burst) >= 5 and [s["round"] for s in burst] == list(range(1, len(burst) + 1))
     lat = np.array([s["lat"] for s in burst])
