@@ -281,7 +281,10 @@ def load_set(path: str | os.PathLike) -> RecordingSet:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise RecordingSetError(f"{file}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise RecordingSetError(f"{file}: not a {SET_FILENAME}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                                "point at a recording set (docs/recording-set.md)") from None
+    except OSError as e:
         raise RecordingSetError(f"{file}: cannot read: {e}") from None
     r = _Reader(file)
     top = r.obj(raw, "top level", _TOP_KEYS)

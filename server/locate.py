@@ -265,6 +265,10 @@ def load_input(path: str | os.PathLike) -> RecordingSet:
     """What ``earwitness locate`` reads: a recording set (a directory holding
     ``set.json``, or that file), or a folder of ShotSpotter sensor WAVs that
     carry their own metadata."""
+    if Path(path).is_file() and Path(path).suffix.lower() == ".wav":
+        raise RecordingSetError(f"{path}: a WAV file, not a recording set; point at the folder that holds it "
+                                f"(ShotSpotter sensor WAVs), or at a {SET_FILENAME} that names it "
+                                "(docs/recording-set.md)")
     return set_from_wavs(path) if sensor_wav_folder(path) else load_set(path)
 
 

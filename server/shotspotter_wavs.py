@@ -100,6 +100,17 @@ def _weather(metas: list[dict]) -> tuple[float | None, Wind | None]:
     return (sum(temps) / len(temps) if temps else None), wind
 
 
+def _recording_folders(d: Path, depth: int = 3) -> list[Path]:
+    """Folders below ``d`` (at most ``depth`` levels) holding a set.json or WAVs."""
+    found: list[Path] = []
+    for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+        if (sub / SET_FILENAME).is_file() or any(p.suffix.lower() == ".wav" for p in sub.iterdir()):
+            found.append(sub)
+        elif depth > 1:
+            found.extend(_recording_folders(sub, depth - 1))
+    return found
+
+
 def set_from_wavs(folder: str | Path) -> RecordingSet:
     """A recording set of every ``*.wav`` in ``folder`` (not below it), each a
     ShotSpotter sensor recording carrying ``smj0`` metadata. Raises
@@ -108,8 +119,11 @@ def set_from_wavs(folder: str | Path) -> RecordingSet:
     d = Path(folder)
     wavs = sorted(p for p in d.iterdir() if p.suffix.lower() == ".wav" and p.is_file()) if d.is_dir() else []
     if not wavs:
+        below = _recording_folders(d) if d.is_dir() else []
+        hint = (f"; below it, {', '.join(str(b.relative_to(d)) for b in below[:5])}"
+                f"{', …' if len(below) > 5 else ''} hold recordings: point at one of them" if below else "")
         raise RecordingSetError(f"{d}: no {SET_FILENAME} and no WAV files in this folder; point at a "
-                                "recording set (docs/recording-set.md) or a folder of ShotSpotter WAVs")
+                                f"recording set (docs/recording-set.md) or a folder of ShotSpotter WAVs{hint}")
     metas = [read_smj(p) for p in wavs]
     nodes = [_node(p, m) for p, m in zip(wavs, metas)]
     seen: dict[str, Path] = {}

@@ -90,7 +90,23 @@ def test_bad_sensor_wavs_get_a_clear_error(tmp_path, case, expect):
 def test_an_empty_folder_says_what_locate_reads(tmp_path, capsys):
     assert locate_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no set.json and no WAV files" in err and "ShotSpotter WAVs" in err
+    assert "no set.json and no WAV files" in err and "ShotSpotter WAVs" in err and "below it" not in err
+
+
+def test_locate_points_from_a_folder_or_a_file_to_the_recordings(tmp_path, capsys):
+    """A folder above the recordings names the folders below that hold them; a
+    WAV file itself, or a set.json that is not text, says what to point at."""
+    for sub in ("incident-1", "deeper/incident-2"):
+        (tmp_path / sub).mkdir(parents=True)
+        _write(tmp_path / sub / "a.wav", _meta("SCP-A", 41.69, -87.62))
+    assert locate_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "below it, deeper/incident-2, incident-1 hold recordings" in err
+    assert locate_main([str(tmp_path / "incident-1" / "a.wav")]) == 2
+    assert "a WAV file, not a recording set; point at the folder that holds it" in capsys.readouterr().err
+    (tmp_path / "set.json").write_bytes(b"\xbe\x00RIFF")
+    assert locate_main([str(tmp_path / "set.json")]) == 2
+    assert "not a set.json: not UTF-8 text" in capsys.readouterr().err
 
 
 def _chicago(name: str):
