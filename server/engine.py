@@ -327,7 +327,7 @@ class Engine:
         return out
 
     def _decide(self, watermark_ns: int | None, deadline: float | None = None) -> list[ShotReport]:
-        learnt = self.assoc.learnt() if self.store is not None else None
+        learnt_before = self.assoc.learnt() if self.store is not None else None
         shots, rejected = self.assoc.step(watermark_ns, deadline)
         if not shots and not rejected:
             if self.review is not None and self.review.pending:
@@ -344,6 +344,7 @@ class Engine:
         now = self.clock_ns()
         ctx = self.store.transaction() if self.store is not None else nullcontext()
         tracker, counters = copy.deepcopy(self.incidents), dict(self.counters)
+        learnt = None
         try:
             with ctx:
                 for a in rejected:
@@ -358,14 +359,13 @@ class Engine:
                     learnt = self.assoc.learnt()
                     if learnt != self._learnt_saved:
                         self.store.save_state(LEARNT_KEY, learnt)
-                        self._learnt_saved = learnt
         except StoreError as exc:
             # Nothing of this decision was stored (one transaction): undo it and
             # decide these arrivals again at the next step, when the disk may have
             # room. Shots are published only once they are on record.
             self.incidents, self.counters = tracker, counters
             # what these shots taught the association is learnt again when they are
-            self.assoc.restore_learnt(learnt, self.cfg.solver.wind_sigma_mps)
+            self.assoc.restore_learnt(learnt_before, self.cfg.solver.wind_sigma_mps)
             self.counters["store_errors"] += 1
             for a in rejected:
                 self.assoc.add(a)
@@ -378,6 +378,8 @@ class Engine:
                           "retrying (%d failures so far)", len(shots), len(rejected), exc,
                           self.counters["store_errors"])
             return []
+        if learnt is not None:
+            self._learnt_saved = learnt
         self._review(shots, rejected, watermark_ns, deadline, seeds)
         return reports
 

@@ -348,10 +348,12 @@ def _rough_shots(n: int) -> list[Event]:
     return sorted(evs, key=lambda e: e.t_utc_ns)
 
 
-def test_a_decision_that_could_not_be_recorded_teaches_nothing(tmp_path):
-    """When recording a decision fails, the shots are formed again later: what
-    they taught the association (timing scale, wind) counts once, as without
-    the failure."""
+@pytest.mark.parametrize("refused", ["every table", "engine_state"])
+def test_a_decision_that_could_not_be_recorded_teaches_nothing(tmp_path, refused):
+    """When recording a decision fails (whatever write it fails at, down to the
+    learnt state itself), the shots are formed again later: what they taught
+    the association (timing scale, wind) counts once, as without the failure,
+    and is on record once they are."""
     cfg = ServerConfig(database="x", temperature_c=20.0, allow_plaintext=True)
     learnt = []
     for fail in (False, True):
@@ -359,12 +361,14 @@ def test_a_decision_that_could_not_be_recorded_teaches_nothing(tmp_path):
         eng = Engine(cfg, st)
         eng.ingest_batch(_rough_shots(3))
         if fail:
-            st.conn.set_authorizer(lambda action, *_: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT
+            st.conn.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY
+                                   if action == sqlite3.SQLITE_INSERT and refused in ("every table", table)
                                    else sqlite3.SQLITE_OK)
-            assert eng.finish() == [] and eng.counters["store_errors"] == 1
+            assert eng.finish() == [] and eng.counters["store_errors"] == 1 and st.shots() == []
             st.conn.set_authorizer(None)
         assert len(eng.finish()) == 3
         learnt.append(eng.assoc.learnt())
+        assert st.load_state("association.learnt") == learnt[-1]
         st.close()
     assert learnt[0] == learnt[1] and len(learnt[0]["scales"]) == 3
 
