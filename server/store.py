@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS event_outcomes (
 );
 CREATE INDEX IF NOT EXISTS shots_time ON shots (t_utc_ns);
 CREATE INDEX IF NOT EXISTS shots_incident ON shots (incident_id);
+CREATE INDEX IF NOT EXISTS outcomes_shot ON event_outcomes (shot_id);
 CREATE TABLE IF NOT EXISTS review_queue (
     event_id INTEGER PRIMARY KEY REFERENCES events (id),
     seed INTEGER NOT NULL
