@@ -2,7 +2,7 @@
 
 Run from the project root:
 
-    python benchmarks/bench_pittsburgh.py [--data DIR] [--modes picks,audio,subsets,corrected]
+    python benchmarks/bench_pittsburgh.py [--data DIR] [--modes picks,audio,subsets,corrected,labels]
         [--solver project,baseline] [--n-subsets 20] [--seed 0] [--fp FP1,FP2]
         [--jobs N] [--model-sigma-ms MS] [--max-chance P] [--markdown FILE] [--readme FILE] [--facts]
 
@@ -25,6 +25,12 @@ Run from the project root:
   takes from the surveyed position — scoring facts). It asks what learnt
   per-sensor ("station") corrections could give audio mode at most; it is run at
   the model σ picks mode learnt (or --model-sigma-ms). Not a README row.
+* labels: audio mode's ceiling with a perfect detector (``labelled_test``):
+  the WAV sensors only, with ShotSpotter's labelled pulses at them as the only
+  arrivals, located in picks mode — what the association and the chance
+  threshold allow when every labelled arrival is picked and nothing else is.
+  Built from the labels; run at the model σ picks mode learnt (or
+  --model-sigma-ms). Not a README row.
 * subsets: ShotSpotter's "random six-sensor sub-arrays" test on the labelled
   arrivals of nlos-tuples.json (one per sensor, the earliest), with a solver of the
   form ``solve(receivers_enu (n, 3), t_arrival_s (n,), c) -> (x, y)``: the project's
@@ -181,6 +187,23 @@ def corrected_test(t: ShotSpotterTest, corr: dict[tuple[str, str], float]) -> Sh
 
     nodes = tuple(moved(n) for n in t.recording_set.nodes)
     return dataclasses.replace(t, recording_set=dataclasses.replace(t.recording_set, nodes=nodes))
+
+
+def labelled_test(t: ShotSpotterTest) -> ShotSpotterTest:
+    """``t`` as audio mode would see it with a perfect detector: its WAV sensors
+    only, as picks-only nodes, and as arrivals ShotSpotter's labelled pulses at
+    those sensors and nothing else (no echoes, no unrelated sounds). Built from
+    the labels (scoring facts): a ceiling, for the benchmark only."""
+    rs = t.recording_set
+    wav = {n.id for n in rs.nodes if n.wav is not None}
+    labelled = {i for s in rs.truth for i in s.arrival_ids}
+    nodes = tuple(dataclasses.replace(n, wav=None, start_utc_ns=None) for n in rs.nodes if n.id in wav)
+    arrivals = tuple(a for a in rs.arrivals if a.node in wav and a.id in labelled)
+    truth = tuple(dataclasses.replace(s, arrival_ids=tuple(i for i in s.arrival_ids
+                                                             if i in {a.id for a in arrivals}))
+                  for s in rs.truth)
+    return dataclasses.replace(t, recording_set=dataclasses.replace(rs, nodes=nodes, arrivals=arrivals,
+                                                                    truth=truth))
 
 
 #: An onset this close (s) to a labelled arrival at its sensor picked that arrival.
@@ -402,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"Pittsburgh data folder (default {DEFAULT_DATA})")
     ap.add_argument("--modes", default="picks,audio,subsets",
-                    help="comma list of picks, audio, subsets, corrected (default: picks,audio,subsets)")
+                    help="comma list of picks, audio, subsets, corrected, labels (default: picks,audio,subsets)")
     ap.add_argument("--solver", default="project,baseline", help="subset-test solvers: project, baseline")
     ap.add_argument("--n-subsets", type=int, default=20, help="random six-sensor subsets per shot (default 20)")
     ap.add_argument("--subset-size", type=int, default=6)
@@ -420,11 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     modes = [m for m in args.modes.split(",") if m]
-    bad = [m for m in modes if m not in ("picks", "audio", "subsets", "corrected")]
+    bad = [m for m in modes if m not in ("picks", "audio", "subsets", "corrected", "labels")]
     solvers = [s for s in args.solver.split(",") if s]
     bad += [s for s in solvers if s not in SOLVERS]
     if bad:
-        print(f"error: unknown mode/solver {', '.join(bad)}; modes: picks,audio,subsets,corrected; solvers: "
+        print(f"error: unknown mode/solver {', '.join(bad)}; modes: picks,audio,subsets,corrected,labels; solvers: "
               f"{','.join(SOLVERS)}", file=sys.stderr)
         return 2
     if not args.data.is_dir():
@@ -447,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     # (mode, model σ ms or None for the default, whether that σ is the one picks mode learnt)
     runs: list[tuple[str, float | None, bool]] = [(m, args.model_sigma_ms, False) for m in modes
                                                   if m in ("picks", "audio")]
-    if "corrected" in modes and ("picks" not in modes or args.model_sigma_ms is not None):
-        runs.append(("corrected", args.model_sigma_ms, False))
+    for ceiling in ("corrected", "labels"):
+        if ceiling in modes and ("picks" not in modes or args.model_sigma_ms is not None):
+            runs.append((ceiling, args.model_sigma_ms, False))
     while runs:
         mode, sigma_ms, relearnt = runs.pop(0)
         title = f"locator, {mode} mode (server.locate.locate_set)"
@@ -472,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
             corr = station_corrections(tests)
             title = title.replace("corrected mode", "audio mode, WAV sensors' biases corrected from the survey")
             results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg)
+        elif mode == "labels":
+            title = title.replace("labels mode", "audio mode's ceiling: ShotSpotter's labelled arrivals at the "
+                                                 "WAV sensors as picks, nothing else")
+            results = run_locator([labelled_test(t) for t in tests], "picks", args.jobs, cfg)
         else:
             # the ceiling table (below, for the first audio run) counts our picks
             results = run_locator(tests, mode, args.jobs, cfg, count_picks=mode == "audio" and not relearnt)
@@ -493,13 +521,14 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(("audio", use_ms, True))
                 elif "audio" in modes:
                     print(f"  (no more than the default {default_ms:g} ms: audio mode is not run again)")
-                if "corrected" in modes:
-                    runs.append(("corrected", use_ms, use_ms is not None))
+                for ceiling in ("corrected", "labels"):
+                    if ceiling in modes:
+                        runs.append((ceiling, use_ms, use_ms is not None))
         if mode == "audio" and not relearnt:
             print("\nwhat audio mode can reach (from the labels; scoring facts only)\n"
                   + audio_ceiling(tests, [p for _, _, p, _ in results]))
         md += [f"### {title}", "", format_summaries(summaries, markdown=True), "", review + ".", ""]
-        if mode == "corrected":
+        if mode in ("corrected", "labels"):
             continue
         a = summaries[-1]
         label = {"picks": "picks mode: all ~20 sensors' pulses, echoes included, our association",

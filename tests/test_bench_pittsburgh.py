@@ -1,5 +1,6 @@
-"""The Pittsburgh benchmark's survey-based sensor corrections (the ``corrected``
-mode), on the real data (skipped when it is absent)."""
+"""The Pittsburgh benchmark's ceilings built from the labels: survey-based
+sensor corrections (the ``corrected`` mode) and a perfect detector (the
+``labels`` mode), on the real data (skipped when it is absent)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks.bench_pittsburgh import corrected_test, picked_counts, station_corrections
+from benchmarks.bench_pittsburgh import corrected_test, labelled_test, picked_counts, station_corrections
 from conftest import shared_data
 from server.import_shotspotter import load_test
 
@@ -62,3 +63,19 @@ def test_picked_counts_counts_wav_sensors_with_an_onset_near_the_label():
     assert len(counts) == len(t.shots)
     assert counts[0] == sum(1 for n in s0.node_ids if n in wav) >= 4   # picks-only sensors do not count
     assert counts[1] == 0                                              # 7 ms off is not a pick of it
+
+
+def test_labelled_test_keeps_the_wav_sensors_and_their_labelled_arrivals_only():
+    """The perfect-detector set: the WAV sensors as picks-only nodes, and as
+    arrivals exactly ShotSpotter's labelled pulses at them — per round, one per
+    labelled WAV sensor — and the truth names only those."""
+    (t,) = _tests("FP1", ["test_002"])
+    lt = labelled_test(t)
+    rs, lrs = t.recording_set, lt.recording_set
+    wav = {n.id for n in rs.nodes if n.wav is not None}
+    assert {n.id for n in lrs.nodes} == wav and all(n.wav is None for n in lrs.nodes)
+    assert len(rs.arrivals) > 3 * len(lrs.arrivals) > 0         # the echoes and other sounds are gone
+    by_id = {a.id: a for a in lrs.arrivals}
+    for shot, ls in zip(t.shots, lrs.truth):
+        assert sorted(by_id[i].node for i in ls.arrival_ids) == sorted(n for n in shot.node_ids if n in wav)
+    assert {i for s in lrs.truth for i in s.arrival_ids} == set(by_id)
