@@ -31,6 +31,7 @@ quantile for the degrees of freedom left when the scale came from the data).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -40,6 +41,14 @@ from scipy import stats
 #: Factor turning the largest 1-σ axis of a 2-D error ellipse into a radius that
 #: contains ≥ 95 % of the probability (chi-square, 2 degrees of freedom).
 _K95_2D = float(np.sqrt(stats.chi2.ppf(0.95, 2)))
+
+
+@functools.lru_cache(maxsize=256)
+def _k95_estimated(dof: int) -> float:
+    """The 95 % radius factor when the scatter was estimated from ``dof``
+    degrees of freedom: √(2·F₀.₉₅(2, dof)) (F, not χ²: the estimate's own
+    uncertainty). Cached: the quantile costs far more than the rest of a solve."""
+    return float(np.sqrt(2.0 * stats.f.ppf(0.95, 2, dof)))
 #: Normal consistency factor of the median absolute deviation.
 _MAD_K = 1.4826
 #: Iterations of the Huber-weighted fits (a robust start for what follows).
@@ -181,8 +190,9 @@ def _fit(lay: _Layout, receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarr
     Jp = lay.Jp                                # constant: the priors are linear
     JpTJp = Jp.T @ Jp
 
-    def cost(qq: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        m, _ = lay.model(qq, receivers, jac=False)
+    def cost(qq: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        # the Jacobian comes with the residuals: at an accepted point it is the next step's
+        m, Jm = lay.model(qq, receivers)
         r = (t_s - m) * w
         rp = lay.prior(qq)
         if huber is not None:
@@ -190,14 +200,13 @@ def _fit(lay: _Layout, receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarr
             f = float(np.sum(np.where(a <= huber, 0.5 * r * r, huber * a - 0.5 * huber * huber)))
         else:
             f = 0.5 * float(r @ r)
-        return f + 0.5 * float(rp @ rp), r, rp
+        return f + 0.5 * float(rp @ rp), r, rp, Jm
 
-    f, r, rp = cost(q)
+    f, r, rp, Jq = cost(q)
     i_t0 = lay.i_t0
     diag = np.diag_indices(lay.n)
     for _ in range(iters):
-        _, J = lay.model(q, receivers)
-        J *= w[:, None]
+        J = Jq * w[:, None]
         if huber is None:
             Jw = J
         else:
@@ -216,9 +225,9 @@ def _fit(lay: _Layout, receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarr
                 lam *= 10
                 continue
             q_new = q + step
-            f_new, r_new, rp_new = cost(q_new)
+            f_new, r_new, rp_new, J_new = cost(q_new)
             if f_new <= f:
-                q, f, r, rp = q_new, f_new, r_new, rp_new
+                q, f, r, rp, Jq = q_new, f_new, r_new, rp_new, J_new
                 lam = max(lam * 0.1, 1e-9)
                 improved = True
                 break
@@ -365,7 +374,7 @@ def solve(receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray | float, c
     lam = np.linalg.eigvalsh(h) if np.all(np.isfinite(h)) else np.array([np.inf])
     # when the scatter was estimated from the data (reduced chi-square > 1), the
     # radius takes that estimate's own uncertainty into account (F, not chi-square)
-    k95 = float(np.sqrt(2.0 * stats.f.ppf(0.95, 2, dof))) if var_scale > 1.0 and dof > 0 else _K95_2D
+    k95 = _k95_estimated(dof) if var_scale > 1.0 and dof > 0 else _K95_2D
     err95 = float(k95 * np.sqrt(max(float(lam.max()), 0.0)))
     rms = float(np.sqrt(np.mean(resid[used] ** 2)))
     mode = "2d" if z_source is not None else ("3d+prior" if z_prior is not None else "3d")
