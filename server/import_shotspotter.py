@@ -422,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rs = set_from_wavs(args.src_dir)
             path = write_set(args.out_dir, rs, wav_paths=args.wav_paths)
             print(f"{len(rs.nodes)} sensor WAV(s) -> {path}")
+            print(f"locate it with: earwitness locate {path.parent} --model-sigma-ms 7   (the timing error "
+                  "ShotSpotter's street sensors showed in Pittsburgh; locate assumes it when reading the WAVs "
+                  "directly)")
             return 0
         if not tests:
             raise ShotSpotterError(f"{args.src_dir}: no test_NNN/test_NNN.survey.json found below it, and no "

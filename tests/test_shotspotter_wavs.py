@@ -162,6 +162,7 @@ def test_import_shotspotter_writes_a_set_for_a_folder_of_sensor_wavs(tmp_path, c
     _write(src / "a.wav", _meta("SCP-A", 41.69, -87.62))
     _write(src / "b.wav", _meta("SCP-B", 41.70, -87.63))
     assert import_main([str(src), str(tmp_path / "out")]) == 0
-    assert "2 sensor WAV(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 sensor WAV(s)" in out and "--model-sigma-ms 7" in out
     rs = load_input(tmp_path / "out")
     assert rs.path == (tmp_path / "out" / "set.json").absolute() and rs.nodes == set_from_wavs(src).nodes
