@@ -158,10 +158,6 @@ class Review:
     note: str
     t_utc_ns: int
 
-    @property
-    def shot_id(self) -> int | None:
-        return self.ref_id if self.ref_table == "shots" else None
-
 
 def _event_values(ev: Event) -> tuple:
     """The stored column values of an event (the order of ``_EVENT_COLS``)."""
@@ -511,20 +507,11 @@ class Store:
             aid, _ = self.audit.head()
         return self._reviews("AND id = ?", (aid,))[0]
 
-    def review_shot(self, shot_id: int, verdict: str, reviewer: str, note: str = "",
-                    t_utc_ns: int | None = None) -> Review:
-        """:meth:`review` of a shot."""
-        return self.review("shots", shot_id, verdict, reviewer, note, t_utc_ns)
-
     def reviews(self, table: Literal["shots", "candidates"], ref_id: int | None = None) -> list[Review]:
         """Reviews (oldest first) of one shot or candidate, or of every one."""
         if ref_id is None:
             return self._reviews("AND ref_table = ?", (table,))
         return self._reviews("AND ref_table = ? AND ref_id = ?", (table, int(ref_id)))
-
-    def shot_reviews(self, shot_id: int | None = None) -> list[Review]:
-        """Reviews (oldest first) of one shot, or of every shot."""
-        return self.reviews("shots", shot_id)
 
     def _reviews(self, where: str, args: tuple) -> list[Review]:
         rows = self.conn.execute(

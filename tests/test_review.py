@@ -159,9 +159,10 @@ def test_review_command_lists_candidates_and_seals_verdicts(tmp_path, capsys):
     st = Store(db)
     try:
         (rc,) = st.reviews("candidates")
-        (rs,) = st.shot_reviews()
+        (rs,) = st.reviews("shots")
         assert (rc.ref_id, rc.verdict, rc.reviewer, rc.note) == (cid, "confirmed", "alice", "a shot on the snippets")
-        assert (rs.shot_id, rs.verdict, rs.reviewer) == (sid, "false-alarm", "bob") and rc.shot_id is None
+        assert (rs.ref_id, rs.verdict, rs.reviewer) == (sid, "false-alarm", "bob")
+        assert (rc.ref_table, rs.ref_table) == ("candidates", "shots")
         assert st.verify().ok
     finally:
         st.close()

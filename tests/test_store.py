@@ -182,17 +182,18 @@ def test_review_is_recorded_in_the_chain(tmp_path):
     st = Store(tmp_path / "s.sqlite")
     iid = st.insert_incident(T0, T0)
     sid = st.insert_shot(iid, 1, T0, 40.44, -79.99, 250.0, 3.0, 0.2, ["a", "b", "c", "d"], T0)
-    r = st.review_shot(sid, "false-alarm", "alice", "fireworks at the park")
-    assert (r.shot_id, r.verdict, r.reviewer, r.note) == (sid, "false-alarm", "alice", "fireworks at the park")
-    st.review_shot(sid, "confirmed", "bob")
-    assert [x.verdict for x in st.shot_reviews(sid)] == ["false-alarm", "confirmed"]
+    r = st.review("shots", sid, "false-alarm", "alice", "fireworks at the park")
+    assert (r.ref_table, r.ref_id, r.verdict, r.reviewer, r.note) == ("shots", sid, "false-alarm", "alice",
+                                                                    "fireworks at the park")
+    st.review("shots", sid, "confirmed", "bob")
+    assert [x.verdict for x in st.reviews("shots", sid)] == ["false-alarm", "confirmed"]
     assert st.verify().ok
     with pytest.raises(ValueError, match="verdict"):
-        st.review_shot(sid, "maybe", "alice")
+        st.review("shots", sid, "maybe", "alice")
     with pytest.raises(ValueError, match="no shot"):
-        st.review_shot(sid + 100, "confirmed", "alice")
+        st.review("shots", sid + 100, "confirmed", "alice")
     with pytest.raises(ValueError, match="reviewer"):
-        st.review_shot(sid, "confirmed", " ")
+        st.review("shots", sid, "confirmed", " ")
     # editing the review's text breaks the chain at that record
     st.conn.execute("DROP TRIGGER audit_no_update")
     st.conn.execute("UPDATE audit SET detail = replace(detail, 'alice', 'mallory') WHERE id = ?", (r.audit_id,))
