@@ -331,7 +331,7 @@ class Engine:
         shots, rejected = self.assoc.step(watermark_ns, deadline)
         if not shots and not rejected:
             if self.review is not None and self.review.pending:
-                self._review([], [], watermark_ns, deadline)     # the watermark may have freed some
+                self._review([], [], watermark_ns, deadline, {})     # the watermark may have freed some
             return []
         reports: list[ShotReport] = []
         # which put-aside arrivals the review searches from: where the
@@ -384,19 +384,20 @@ class Engine:
         return reports
 
     def _review(self, shots: list[Association], rejected: list[Arrival], watermark_ns: int | None,
-                deadline: float | None, seeds: dict[int, bool] | None = None) -> None:
+                deadline: float | None, seeds: dict[int, bool]) -> None:
         """Search what the association put aside for candidates to review. The
         review associator knows the main one's shots (their echoes are judged
         against them) and its view of the network; it decides a line-up only once
         every arrival that could be part of it is final in the main one (before
-        its oldest undecided arrival)."""
+        its oldest undecided arrival). ``seeds``: per arrival of ``rejected``,
+        whether the review searches from it (its own search came close)."""
         review = self.review
         if review is None:
             return
         for shot in shots:
             review.note_formed(shot)
         for a in rejected:
-            review.add(a, seed=bool(seeds and seeds[a.key]))
+            review.add(a, seed=seeds[a.key])
         review.adopt_network(self.assoc)
         oldest = self.assoc.oldest_pending_ns
         # the earlier of the two; None (decide everything) only when both are

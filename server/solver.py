@@ -41,6 +41,10 @@ from scipy import stats
 #: Factor turning the largest 1-σ axis of a 2-D error ellipse into a radius that
 #: contains ≥ 95 % of the probability (chi-square, 2 degrees of freedom).
 _K95_2D = float(np.sqrt(stats.chi2.ppf(0.95, 2)))
+#: Normal consistency factor of the median absolute deviation.
+_MAD_K = 1.4826
+#: Iterations of the Huber-weighted fits (a robust start for what follows).
+HUBER_ITERS = 8
 
 
 @functools.lru_cache(maxsize=256)
@@ -49,10 +53,6 @@ def _k95_estimated(dof: int) -> float:
     degrees of freedom: √(2·F₀.₉₅(2, dof)) (F, not χ²: the estimate's own
     uncertainty). Cached: the quantile costs far more than the rest of a solve."""
     return float(np.sqrt(2.0 * stats.f.ppf(0.95, 2, dof)))
-#: Normal consistency factor of the median absolute deviation.
-_MAD_K = 1.4826
-#: Iterations of the Huber-weighted fits (a robust start for what follows).
-HUBER_ITERS = 8
 
 
 @dataclass(frozen=True)
