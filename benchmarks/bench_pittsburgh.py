@@ -199,8 +199,8 @@ def labelled_test(t: ShotSpotterTest) -> ShotSpotterTest:
     labelled = {i for s in rs.truth for i in s.arrival_ids}
     nodes = tuple(dataclasses.replace(n, wav=None, start_utc_ns=None) for n in rs.nodes if n.id in wav)
     arrivals = tuple(a for a in rs.arrivals if a.node in wav and a.id in labelled)
-    truth = tuple(dataclasses.replace(s, arrival_ids=tuple(i for i in s.arrival_ids
-                                                             if i in {a.id for a in arrivals}))
+    kept = {a.id for a in arrivals}
+    truth = tuple(dataclasses.replace(s, arrival_ids=tuple(i for i in s.arrival_ids if i in kept))
                   for s in rs.truth)
     return dataclasses.replace(t, recording_set=dataclasses.replace(rs, nodes=nodes, arrivals=arrivals,
                                                                     truth=truth))
