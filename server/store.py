@@ -461,9 +461,9 @@ class Store:
 
     def _shot_reports(self, where: str = "", params: tuple = ()) -> list[ShotReport]:
         rows = self.conn.execute(
-            "SELECT id, incident_id, round, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes"
+            "SELECT t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, id, incident_id, round"
             f" FROM shots {where} ORDER BY t_utc_ns", params).fetchall()
-        return [ShotReport(*r[:9], nodes=tuple(json.loads(r[9]))) for r in rows]
+        return [ShotReport(*r[:6], tuple(json.loads(r[6])), *r[7:]) for r in rows]
 
     def insert_candidate(self, t_utc_ns: int, lat: float, lon: float, alt: float, error_m: float,
                          residual_ms: float, nodes: list[str], chance: float, event_ids: list[int],
@@ -478,10 +478,9 @@ class Store:
     def candidates(self) -> list[CandidateReport]:
         """The stored candidates for review, in time order, as published."""
         rows = self.conn.execute(
-            "SELECT id, t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, chance, event_ids"
+            "SELECT t_utc_ns, lat, lon, alt, error_m, residual_ms, nodes, id, chance, event_ids"
             " FROM candidates ORDER BY t_utc_ns").fetchall()
-        return [CandidateReport(*r[:7], nodes=tuple(json.loads(r[7])), chance=r[8],
-                                event_ids=tuple(json.loads(r[9]))) for r in rows]
+        return [CandidateReport(*r[:6], tuple(json.loads(r[6])), *r[7:9], tuple(json.loads(r[9]))) for r in rows]
 
     # ------------------------------------------------------------ reviews
     def review(self, table: Literal["shots", "candidates"], ref_id: int, verdict: str, reviewer: str,
