@@ -149,6 +149,8 @@ class WorldResult:
     #: rounds that no shot located (the rest are not shots).
     candidates: int = 0
     candidates_new: int = 0
+    #: The reported 95 % radius (m) of each located round (as ``errors_m``).
+    radii_m: tuple[float, ...] = ()
 
 
 def server_config(world: World, scen) -> ServerConfig:
@@ -178,12 +180,13 @@ def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldRes
     t_xy = to_local(frame, [t.lat for t in gun], [t.lon for t in gun])
     e_xy = to_local(frame, [r.lat for r in reports], [r.lon for r in reports])
     sc = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy, np.array([r.t_utc_ns for r in reports]), e_xy)
-    errs, inside = [], []
+    errs, inside, radii = [], [], []
     for m in sc.matches:
         if m.estimate_index is None:
             continue
         errs.append(float(m.error_m))
         inside.append(bool(m.error_m <= reports[m.estimate_index].error_m))
+        radii.append(float(reports[m.estimate_index].error_m))
     found_incidents = len({r.incident for r in reports})
     cands = eng.take_candidates()
     both = reports + cands
@@ -191,7 +194,7 @@ def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldRes
                    to_local(frame, [r.lat for r in both], [r.lon for r in both]))
     return WorldResult(world, sc.total, sc.located, sc.false_shots, tuple(errs), tuple(inside),
                        len({t.incident_id for t in gun}), found_incidents, time.perf_counter() - t0,
-                       len(cands), sc_all.located - sc.located)
+                       len(cands), sc_all.located - sc.located, tuple(radii))
 
 
 # ------------------------------------------------------------------ theory
@@ -315,6 +318,7 @@ def summarize_worlds(results: list[WorldResult]) -> dict:
             "p95_m": float(np.percentile(errs, 95)) if errs.size else math.nan,
             "false": sum(r.false_shots for r in results),
             "inside95": float(np.mean(inside)) if inside else math.nan,
+            "radius_m": float(np.median([x for r in results for x in r.radii_m])) if inside else math.nan,
             "candidates": sum(r.candidates for r in results),
             "candidates_new": sum(r.candidates_new for r in results)}
 
@@ -322,12 +326,12 @@ def summarize_worlds(results: list[WorldResult]) -> dict:
 def world_rows(label: str, results: list[WorldResult]) -> list[str]:
     s = summarize_worlds(results)
     return [label, str(s["worlds"]), str(s["rounds"]), str(s["located"]), f"{100 * s['recall']:.1f} %",
-            f"{s['median_m']:.2f}", f"{s['p95_m']:.2f}", str(s["false"]), f"{100 * s['inside95']:.0f} %",
-            f"{s['candidates']} ({s['candidates_new']})"]
+            f"{s['median_m']:.2f}", f"{s['p95_m']:.2f}", str(s["false"]), f"{s['radius_m']:.2f}",
+            f"{100 * s['inside95']:.0f} %", f"{s['candidates']} ({s['candidates_new']})"]
 
 
-WORLD_HEAD = ["world", "seeds", "rounds", "located", "recall", "median m", "p95 m", "false", "in 95 % radius",
-              "for review (new rounds)"]
+WORLD_HEAD = ["world", "seeds", "rounds", "located", "recall", "median m", "p95 m", "false", "radius m",
+              "in 95 % radius", "for review (new rounds)"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,8 @@ Run from the project root:
   rounds are scored (benchmarks/scoring.py: 0.1 s window, 100 m false radius);
   "in radius" is the share of located rounds whose error is inside the 95 %
   radius they were reported with, "⊕ truth" the same with the survey's own
-  uncertainty (``SURVEY_R95_M``) combined in quadrature.
+  uncertainty (``SURVEY_R95_M``) combined in quadrature, "radius m" the
+  median reported radius.
   Picks mode also prints the model timing error its association learnt
   (``LocateResult.learnt_model_sigma_s``, no labels); with both modes and no
   --model-sigma-ms, audio mode is then run a second time with the network's
@@ -298,16 +299,17 @@ def learnt_sigma_summary(tests: list[ShotSpotterTest], learnt: list[float | None
     return "\n".join(lines), net
 
 
-def readme_table(rows: list[tuple[str, str, float, float, float, int, int, float, float]], rounds: int) -> str:
+def readme_table(rows: list[tuple[str, str, float, float, float, int, int, float, float, float]],
+                 rounds: int) -> str:
     """The short results table for the README: (what, mode, recall, median m,
-    within 15 m, false, extra, in radius, in radius ⊕ survey) per row;
-    NaN/negative values print as —."""
+    within 15 m, false, extra, in radius, in radius ⊕ survey, median radius m)
+    per row; NaN/negative values print as —."""
     head = (f"| Pittsburgh (ShotSpotter live-fire, {rounds} rounds) | recall | median error | within 15 m "
-            "| false | extra | in 95 % radius (⊕ survey) |")
+            "| false | extra | 95 % radius: median, error inside (⊕ survey) |")
     lines = [head, "|---|---|---|---|---|---|---|"]
-    for what, _, recall, med, w15, false, extra, inr, inr_t in rows:
+    for what, _, recall, med, w15, false, extra, inr, inr_t, rad in rows:
         fmt = (lambda v, f, unit: "—" if v != v or v < 0 else format(v, f) + unit)
-        radius = "—" if inr != inr else f"{100 * inr:.0f} % ({100 * inr_t:.0f} %)"
+        radius = "—" if inr != inr else f"{rad:.1f} m, {100 * inr:.0f} % ({100 * inr_t:.0f} %)"
         lines.append(f"| {what} | {fmt(100 * recall, '.1f', ' %')} | {fmt(med, '.1f', ' m')} | "
                      f"{fmt(100 * w15, '.1f', ' %')} | "
                      f"{false if false >= 0 else '—'} | {extra if extra >= 0 else '—'} | {radius} |")
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {len(tests)} tests ({sum(t.num_rounds for t in tests)} rounds) in "
           f"{time.perf_counter() - t0:.1f} s from {args.data}")
     md: list[str] = []
-    readme: list[tuple[str, str, float, float, float, int, int]] = []
+    readme: list[tuple[str, str, float, float, float, int, int, float, float, float]] = []
     status = 0
     if args.facts:
         print("\n== data facts\n" + facts(tests))
@@ -536,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         if relearnt:
             label += f", model σ {sigma_ms} ms as learnt in picks mode"
         readme.append((label, mode, a.recall, a.median_m, a.within_15m, a.false_shots, a.extra_shots,
-                       a.in_radius, a.in_radius_truth))
+                       a.in_radius, a.in_radius_truth, a.radius_median_m))
 
     if "subsets" in modes:
         shots = subset_shots(tests)
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                 if size is not None and name == "project":
                     a = scores[-1]
                     readme.append((f"solver alone, random {size}-sensor subsets (ShotSpotter: 96.3 % within 15 m)",
-                                   "subsets", math.nan, a.median_m, a.within_15m, -1, -1, math.nan, math.nan))
+                                   "subsets", math.nan, a.median_m, a.within_15m, -1, -1, math.nan, math.nan, math.nan))
         print("\nShotSpotter (TN 098): 96.3 % of six-sensor sub-array solutions within 15 m; mean 2-D error ≈ 4 m.")
 
     if args.markdown:

@@ -161,6 +161,9 @@ class Summary:
     #: The same with the truth's own 95 % radius combined with the reported one in
     #: quadrature (``truth_r95_m`` of :func:`summarize`; equal to ``in_radius`` when 0).
     in_radius_truth: float = math.nan
+    #: The median reported 95 % radius (m) of those rounds (nan: none): how sharp
+    #: the radius is, beside how often it holds.
+    radius_median_m: float = math.nan
 
 
 def summarize(scores: Iterable[TestScore], group: str = "all", truth_r95_m: float = 0.0) -> Summary:
@@ -187,6 +190,7 @@ def summarize(scores: Iterable[TestScore], group: str = "all", truth_r95_m: floa
         in_radius=(sum(1 for e, r in radii if e <= r) / len(radii)) if radii else math.nan,
         in_radius_truth=(sum(1 for e, r in radii if e <= math.hypot(r, truth_r95_m)) / len(radii))
         if radii else math.nan,
+        radius_median_m=float(np.median([r for _, r in radii])) if radii else math.nan,
     )
 
 
@@ -205,13 +209,15 @@ def _fmt(x: float, spec: str) -> str:
 def format_summaries(summaries: Sequence[Summary], markdown: bool = False) -> str:
     """A text (or markdown) table of ``summaries``. "in radius": matched rounds
     whose error is inside the reported 95 % radius; "⊕ truth": the same with the
-    truth's own 95 % radius combined in quadrature (see :func:`summarize`)."""
+    truth's own 95 % radius combined in quadrature (see :func:`summarize`);
+    "radius m": the median reported radius."""
     head = ["group", "tests", "fired", "located", "recall", "mean m", "median m", "p90 m", "p95 m",
-            "≤15 m", "≤25 m", "false", "extra", "in radius", "⊕ truth"]
+            "≤15 m", "≤25 m", "false", "extra", "radius m", "in radius", "⊕ truth"]
     rows = [[s.group, str(s.tests), str(s.rounds_fired), str(s.located), _fmt(100 * s.recall, ".1f") + " %",
              _fmt(s.mean_m, ".1f"), _fmt(s.median_m, ".1f"), _fmt(s.p90_m, ".1f"), _fmt(s.p95_m, ".1f"),
              _fmt(100 * s.within_15m, ".1f") + " %", _fmt(100 * s.within_25m, ".1f") + " %",
-             str(s.false_shots), str(s.extra_shots), _fmt(100 * s.in_radius, ".0f") + " %",
+             str(s.false_shots), str(s.extra_shots), _fmt(s.radius_median_m, ".1f"),
+             _fmt(100 * s.in_radius, ".0f") + " %",
              _fmt(100 * s.in_radius_truth, ".0f") + " %"] for s in summaries]
     return _table(head, rows, markdown)
 

@@ -209,6 +209,13 @@ class SolverConfig:
     #: network's recent shots sharpen that prior (the wind is the same for all).
     fit_wind_min_nodes: int = 8
     wind_sigma_mps: float = 4.0
+    #: A shot located without fitting the wind (too few arrivals, and no
+    #: network wind learnt yet) assumes still air; its reported radius includes
+    #: the error an unknown wind of this 1-σ (m/s, per component) causes — about
+    #: the wind × the travel time to its nodes. 0: leave it out (the radius then
+    #: covers timing errors only). The same holds for the speed of sound when it
+    #: is not fitted (± the configured temperature's uncertainty).
+    unfitted_wind_mps: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -448,7 +448,10 @@ class Engine:
         cross-correlating the event snippets when the arrivals carry them
         (``refine_xcorr``). The wind is the same for every shot of the network:
         each shot that can fit it adds its own estimate to the associator's pooled
-        one, and the pooled wind is the prior of every shot."""
+        one, and the pooled wind is the prior of every shot. The reported radius
+        also covers what the shot cannot fit: the speed of sound (± the
+        temperature's uncertainty) and, before the network has learnt it, the
+        wind (± ``unfitted_wind_mps``)."""
         scfg = self.cfg.solver
         assoc = self.assoc
         n = len(shot.arrivals)
@@ -465,8 +468,6 @@ class Engine:
                      for a, h in zip(shot.arrivals, has)]
             t_ns, changed = refine_times(snips)
             refined = bool(changed.any())
-        if not fit_c and not fit_w and assoc.wind_sigma_mps is None and not refined:
-            return shot.solution
         rec = np.array([a.pos for a in shot.arrivals])
         ts = (t_ns - shot.ref_ns) * 1e-9
         sig = assoc.sigma(shot.arrivals)
@@ -483,11 +484,14 @@ class Engine:
             # extra unknowns would only chase those errors
             if own is not None and own.scale <= 2.0:
                 assoc.note_wind(own.wind_mps, own.cov[-2:, -2:], scfg.wind_sigma_mps)
-        sol = None
+        # what is not fitted (the speed of sound with too few arrivals, the wind
+        # before the network has learnt it) is still uncertain: the radius says so
+        unfitted = (self.c_sigma, scfg.unfitted_wind_mps)
         if assoc.wind_sigma_mps is not None:
-            sol = solve(rec, ts, sig, c0, wind0=assoc.wind_mps, wind_sigma=max(assoc.wind_sigma_mps, 0.2), **kw)
-        elif fit_c or refined:
-            sol = solve(rec, ts, sig, c0, **kw)
+            sol = solve(rec, ts, sig, c0, wind0=assoc.wind_mps, wind_sigma=max(assoc.wind_sigma_mps, 0.2),
+                        unfitted_sigma=unfitted, **kw)
+        else:
+            sol = solve(rec, ts, sig, c0, unfitted_sigma=unfitted, **kw)
         return sol if sol is not None else shot.solution
 
     def _report(self, shot: Association, now_ns: int) -> ShotReport:

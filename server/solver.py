@@ -144,26 +144,10 @@ class _Layout:
 
     def model(self, q: np.ndarray, receivers: np.ndarray, jac: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Predicted arrival times (n,) and, if ``jac``, their Jacobian (n, n_params)."""
-        p, t0, c, w = self.unpack(q)
-        d = receivers - p                                    # source → receiver
-        r2 = np.einsum("ij,ij->i", d, d)
-        if w is None:
-            dist = np.sqrt(np.maximum(r2, 1e-12))
-            tau = dist / c
-            if not jac:
-                return t0 + tau, None
-            den = c * dist                                   # E·w + c²τ with w = 0
-            e = d
-        else:
-            dw = d @ w
-            a = c * c - float(w @ w)
-            tau = (-dw + np.sqrt(np.maximum(dw * dw + a * r2, 0.0))) / a
-            if not jac:
-                return t0 + tau, None
-            e = d - tau[:, None] * w[None, :]                # receiver − advected centre
-            den = np.maximum(e @ w + c * c * tau, 1e-9)
+        t0, c, tau, dp, den = self._travel(q, receivers, jac)
+        if not jac:
+            return t0 + tau, None
         J = np.empty((len(receivers), self.n))
-        dp = e / den[:, None]
         if self.z_fixed is None:
             J[:, :3] = -dp                                   # ∂τ/∂p
         else:
@@ -174,6 +158,47 @@ class _Layout:
         if self.i_w is not None:
             J[:, self.i_w:self.i_w + 2] = -tau[:, None] * dp[:, :2]      # ∂τ/∂w
         return t0 + tau, J
+
+    def unfitted_jac(self, q: np.ndarray, receivers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The travel times' derivatives (n, k) by the nuisance parameters this
+        layout does not fit, and which they are: the speed of sound unless fitted
+        (one column), the wind (east, north) unless fitted (two columns). For
+        :func:`solve`'s ``unfitted_sigma``."""
+        _, c, tau, dp, den = self._travel(q, receivers, True)
+        cols, which = [], []
+        if self.i_c is None:
+            cols.append((-c * tau * tau / den)[:, None])
+            which.append(0)
+        if self.i_w is None:
+            cols.append(-tau[:, None] * dp[:, :2])
+            which += [1, 2]
+        if not cols:
+            return np.zeros((len(receivers), 0)), np.zeros(0, dtype=int)
+        return np.hstack(cols), np.array(which, dtype=int)
+
+    def _travel(self, q: np.ndarray, receivers: np.ndarray, jac: bool
+                ) -> tuple[float, float, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(t0, c, travel times τ (n,), and if ``jac`` ∂τ/∂(receiver) (n, 3) and
+        the denominator of ∂τ/∂c (n,))."""
+        p, t0, c, w = self.unpack(q)
+        d = receivers - p                                    # source → receiver
+        r2 = np.einsum("ij,ij->i", d, d)
+        if w is None:
+            dist = np.sqrt(np.maximum(r2, 1e-12))
+            tau = dist / c
+            if not jac:
+                return t0, c, tau, None, None
+            den = c * dist                                   # E·w + c²τ with w = 0
+            e = d
+        else:
+            dw = d @ w
+            a = c * c - float(w @ w)
+            tau = (-dw + np.sqrt(np.maximum(dw * dw + a * r2, 0.0))) / a
+            if not jac:
+                return t0, c, tau, None, None
+            e = d - tau[:, None] * w[None, :]                # receiver − advected centre
+            den = np.maximum(e @ w + c * c * tau, 1e-9)
+        return t0, c, tau, e / den[:, None], den
 
     def prior(self, q: np.ndarray) -> np.ndarray:
         """Normalised residuals of the priors (their Jacobian is ``Jp``)."""
@@ -283,7 +308,8 @@ def solve(receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray | float, c
           c_sigma: float | None = None, z_prior: tuple[float, float] | None = None,
           wind_sigma: float | None = None, wind0: tuple[float, float] = (0.0, 0.0),
           huber_k: float | None = 2.0, adaptive: bool = True,
-          max_scale: float | None = None) -> Solution | None:
+          max_scale: float | None = None,
+          unfitted_sigma: tuple[float, float] | None = None) -> Solution | None:
     """Locate one source from ``n`` arrivals.
 
     receivers: (n, 3) m ENU; t_s: (n,) arrival times (s, any common epoch);
@@ -305,7 +331,14 @@ def solve(receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray | float, c
     least squares throughout); adaptive: estimate the residual scale from the
     data (else it is 1: the a-priori σ are taken as exact); max_scale: the
     largest residual scale the fit and rejection may adopt (None: no limit) —
-    e.g. a multiple of what the network's other shots showed.
+    e.g. a multiple of what the network's other shots showed;
+    unfitted_sigma: (speed of sound m/s, wind m/s per component) 1-σ
+    uncertainties of those that are not fitted here (the speed of sound
+    without ``c_sigma``, the wind without ``wind_sigma``): the solution still
+    takes them as given, but the error they would cause goes into ``cov`` and
+    the radius (an unknown wind of w m/s moves a source about w × the travel
+    time to its nodes; no timing scatter shows it, as every shot of a network
+    shares it). None: the given values are taken as exact.
     Returns None when there are too few arrivals for the unknowns.
     """
     receivers = np.asarray(receivers, dtype=float)
@@ -367,9 +400,19 @@ def solve(receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray | float, c
     chi2 = float(np.sum((resid[used] / sig[used]) ** 2))
     var_scale = max(1.0, chi2 / dof) if dof > 0 else 1.0
     try:
-        cov = np.linalg.inv(J.T @ J + Jp.T @ Jp) * var_scale
+        info_inv = np.linalg.inv(J.T @ J + Jp.T @ Jp)
+        cov = info_inv * var_scale
     except np.linalg.LinAlgError:
+        info_inv = None
         cov = np.full((lay.n, lay.n), np.inf)
+    if unfitted_sigma is not None and info_inv is not None:
+        # the fit's response to the unfitted parameters: what an error in them
+        # moves the solution by (linearised), over their prior uncertainty
+        G, which = lay.unfitted_jac(q, receivers[used])
+        if which.size:
+            sd = np.array([unfitted_sigma[0], unfitted_sigma[1], unfitted_sigma[1]], dtype=float)[which]
+            B = info_inv @ (J.T @ (G / sig[used, None]))
+            cov = cov + (B * sd**2) @ B.T
     h = cov[:2, :2]
     lam = np.linalg.eigvalsh(h) if np.all(np.isfinite(h)) else np.array([np.inf])
     # when the scatter was estimated from the data (reduced chi-square > 1), the

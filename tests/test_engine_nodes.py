@@ -34,3 +34,26 @@ def test_a_surveying_nodes_position_error_widens_the_radius():
     assert _located({"pos_state": "configured", "pos_sigma_h_m": None}) == pytest.approx(exact)
     # a value that is not a number is no position error (and no crash)
     assert _located({"pos_sigma_h_m": "2 m"}) == pytest.approx(exact)
+
+
+def _few_nodes_shot(unfitted_wind_mps: float):
+    """One shot heard by five nodes: too few to fit the wind or the speed of sound."""
+    cfg = ServerConfig(database="x", temperature_c=20.0, allow_plaintext=True)
+    cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, unfitted_wind_mps=unfitted_wind_mps))
+    eng = Engine(cfg, None)
+    nodes = dict(list(node_grid(9).items())[:5])
+    assert set(eng.ingest_batch(shot_events(nodes, np.array([120.0, 80.0, 1.5]), T0 + 10**9, {}))) == {"new"}
+    (shot,) = eng.finish()
+    assert len(shot.nodes) == 5
+    return shot
+
+
+def test_the_radius_of_a_shot_that_cannot_fit_the_wind_covers_an_unknown_wind():
+    """Five nodes, 20 µs onsets: the timing alone would claim centimetres, but an
+    unknown 2 m/s wind moves such a fix by about the wind × the travel time
+    (~0.5 s here: a metre). The position is the same; the radius says so."""
+    still = _few_nodes_shot(0.0)
+    windy = _few_nodes_shot(2.0)
+    assert (windy.lat, windy.lon) == (still.lat, still.lon)
+    assert still.error_m < 0.5
+    assert 1.0 < windy.error_m < 10.0

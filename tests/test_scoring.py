@@ -136,6 +136,7 @@ def test_in_radius_counts_matched_rounds_inside_their_reported_radius():
     assert [m.radius_m for m in a.matches] == [4, 4]
     s = summarize([a])                          # the false shot does not count
     assert s.in_radius == pytest.approx(0.5) and s.in_radius_truth == pytest.approx(0.5)
+    assert s.radius_median_m == pytest.approx(4.0)
     # with the truth's own 95 % radius 3 m: 5 m is inside hypot(4, 3) = 5
     assert summarize([a], truth_r95_m=3.0).in_radius_truth == pytest.approx(1.0)
     assert summarize_by_group([a], truth_r95_m=3.0)[-1].in_radius_truth == pytest.approx(1.0)
