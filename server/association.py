@@ -420,6 +420,17 @@ class Associator:
         span = max(r, min(self._widest_m, 2.0 * r))
         return int((span / self.c + 0.05) * 1e9)
 
+    def wait_ns(self) -> int:
+        """How far the watermark must be past an arrival before it is decided:
+        the longest one shot's arrivals can be spread over
+        (:meth:`max_travel_ns`), plus how far a decision looks ahead — the
+        later rounds of a burst, up to ``REPEAT_WINDOW_S`` after a round, are
+        evidence for it (:meth:`_repeat_factor`) and are searched from it once
+        it is formed (:meth:`_repeats`) — plus ``latency_s``. With less, a live
+        server would decide a round before the sounds that decide it offline
+        had come, and the two would differ."""
+        return self.max_travel_ns() + int((REPEAT_WINDOW_S + self.cfg.extend_tolerance_s + self.cfg.latency_s) * 1e9)
+
     def height_prior(self) -> tuple[float, float] | None:
         """(z0, σ) m of the source height prior, or None (fixed height or free 3-D).
         σ is ``z_sigma`` widened by the spread (1.4826 × MAD) of the nodes' own
@@ -531,7 +542,7 @@ class Associator:
         including second reports of a formed shot's sounds)."""
         shots: list[Association] = []
         rejected: list[Arrival] = []
-        wait_ns = self.max_travel_ns() + int(self.cfg.latency_s * 1e9)
+        wait_ns = self.wait_ns()
         self._pending.sort(key=lambda a: a.t_ns)
         cache = self._cache
         self.incomplete = False
@@ -570,8 +581,12 @@ class Associator:
             cands = [c for c in cands if not self._is_echo(c) and not self._echo_lineup(c)]
             cands = [c for c in cands if not self._thin_and_late(c)]
             if not cands:
-                rejected.extend(ready)
-                keys = {a.key for a in ready}
+                # put aside only what no later seed (up to a shot's spread after
+                # it, not yet ready) could still take into a shot
+                done = [a for a in ready if watermark_ns is None
+                        or a.t_ns + wait_ns + self.max_travel_ns() <= watermark_ns]
+                rejected.extend(done)
+                keys = {a.key for a in done}
                 self._pending = [a for a in self._pending if a.key not in keys]
                 self._pver += 1
                 self._by_node = None

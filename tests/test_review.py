@@ -98,8 +98,8 @@ def test_a_live_server_decides_a_candidate_once_the_watermark_passes_it():
     for n, p in SQUARE.items():                        # audio up to just after the shot
         eng.ingest_heartbeat(heartbeat(n, p, T0 + 2 * 10**9, seq=10), received_ns=now)
     assert eng.advance(now_ns=now) == [] and eng.take_candidates() == []
-    for n, p in SQUARE.items():                        # and well past it
-        eng.ingest_heartbeat(heartbeat(n, p, T0 + 10 * 10**9, seq=11), received_ns=now)
+    for n, p in SQUARE.items():                        # and well past it (see Associator.wait_ns)
+        eng.ingest_heartbeat(heartbeat(n, p, T0 + 20 * 10**9, seq=11), received_ns=now)
     assert eng.advance(now_ns=now) == []
     (c,) = eng.take_candidates()
     assert _offset_m(c.lat, c.lon, SRC) < 1.0

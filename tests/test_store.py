@@ -295,7 +295,7 @@ def test_echoes_of_the_last_shot_stay_echoes_across_a_restart(tmp_path):
         direct = shot_events(nodes, src, T0, seqs)
         echoes = shot_events(nodes, mirror, T0, seqs)
         eng.ingest_batch(sorted(direct + echoes, key=lambda e: e.t_utc_ns), received_ns=now)
-        wait = eng.assoc.max_travel_ns() + int(cfg.association.latency_s * 1e9)
+        wait = eng.assoc.wait_ns()
         first = min(e.t_utc_ns for e in direct)
         assert len(_watermark(eng, nodes, first + wait + 400_000_000, now)) == 1
         assert eng.assoc.pending == 6                 # the echoes, not decided yet
@@ -322,7 +322,7 @@ def test_a_burst_split_by_a_restart_stays_one_incident(tmp_path):
     st = Store(db)
     eng = Engine(cfg, st)
     eng.ingest_batch(sorted(sum(rounds, []), key=lambda e: e.t_utc_ns), received_ns=now)
-    wait = eng.assoc.max_travel_ns() + int(cfg.association.latency_s * 1e9)
+    wait = eng.assoc.wait_ns()
     done = _watermark(eng, nodes, T0 + wait + 1_200_000_000, now)
     assert [r.round for r in done] == [1, 2]
     st.close()
