@@ -427,7 +427,7 @@ class Engine:
         self._new_candidates.extend(reports)
 
     def _candidate_report(self, cand: Association, now_ns: int) -> CandidateReport:
-        sol = cand.solution
+        sol = self._unfitted_radius(cand, self.review)
         assert self.frame is not None
         lat, lon, alt = (float(v) for v in self.frame.to_wgs84(sol.pos))
         nodes = tuple(a.node for a in cand.arrivals)
@@ -493,6 +493,21 @@ class Engine:
         else:
             sol = solve(rec, ts, sig, c0, unfitted_sigma=unfitted, **kw)
         return sol if sol is not None else shot.solution
+
+    def _unfitted_radius(self, cand: Association, assoc: Associator):
+        """``cand``'s solution (still air, as the association found it) re-solved
+        so that its radius, like a shot's, allows for the speed of sound and the
+        wind it does not fit: a reviewer compares like with like. The
+        association's solution if the re-solve fails."""
+        scfg = self.cfg.solver
+        rec = np.array([a.pos for a in cand.arrivals])
+        ts = np.array([(a.t_ns - cand.ref_ns) * 1e-9 for a in cand.arrivals])
+        z = assoc.z_source
+        sol = solve(rec, ts, assoc.sigma(cand.arrivals), cand.solution.c_mps or self.c, x0=cand.solution.pos,
+                    z_source=z if scfg.mode == "2d" else None,
+                    z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,
+                    min_used=self.cfg.association.min_nodes, unfitted_sigma=(self.c_sigma, scfg.unfitted_wind_mps))
+        return sol if sol is not None else cand.solution
 
     def _report(self, shot: Association, now_ns: int) -> ShotReport:
         sol = self._final_solution(shot)

@@ -52,7 +52,8 @@ class CandidateReport(LocatedReport):
     shot (expected ``chance`` alignments as good, between ``max_chance`` and
     ``review_max_chance``). For an analyst to review, with the events it is made
     of (``event_ids``: the store's, None without a store); never part of an
-    incident. ``error_m`` is the association's solution's;
+    incident. ``error_m`` is the association's solution's, with the shots'
+    allowance for the unfitted wind and speed of sound;
     ``candidate_id``: the store's id (``earwitness locate`` numbers them 1, 2, … in
     time order). As stored, it is what :meth:`server.store.Store.candidates` returns."""
 

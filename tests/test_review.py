@@ -19,10 +19,11 @@ SQUARE = {f"s{i}": np.array([x, y, 5.0]) for i, (x, y) in enumerate([(0, 0), (40
 SRC = np.array([150.0, 230.0, 1.5])
 
 
-def _engine(review_max_chance: float = 0.1, store: Store | None = None) -> Engine:
+def _engine(review_max_chance: float = 0.1, store: Store | None = None, unfitted_wind_mps: float = 2.0) -> Engine:
     cfg = ServerConfig(database="x", temperature_c=20.0, allow_plaintext=True)
     cfg = dataclasses.replace(cfg, association=dataclasses.replace(cfg.association,
-                                                                   review_max_chance=review_max_chance))
+                                                                   review_max_chance=review_max_chance),
+                              solver=dataclasses.replace(cfg.solver, unfitted_wind_mps=unfitted_wind_mps))
     return Engine(cfg, store)
 
 
@@ -246,3 +247,17 @@ def test_a_restart_with_review_turned_off_empties_the_queue(tmp_path):
     assert eng.finish() == [] and eng.take_candidates() == []
     assert st.review_queue() == [] and st.candidates() == []
     st.close()
+
+
+def test_a_candidates_radius_allows_for_the_wind_as_a_shots_does():
+    """A reviewer compares a candidate with shots: its radius carries the same
+    allowance for a wind it cannot fit, and it stays where the association put it."""
+    def candidate(wind):
+        eng = _engine(unfitted_wind_mps=wind)
+        eng.ingest_batch(shot_events(SQUARE, SRC, T0 + 10**9, {}))
+        assert eng.finish() == []
+        (c,) = eng.take_candidates()
+        return c
+    still, windy = candidate(0.0), candidate(2.0)
+    assert windy.error_m > still.error_m + 1.0
+    assert (windy.lat, windy.lon) == (still.lat, still.lon) and _offset_m(windy.lat, windy.lon, SRC) < 0.05
