@@ -4,7 +4,8 @@ Run from the project root:
 
     python benchmarks/bench_pittsburgh.py [--data DIR] [--modes picks,audio,subsets,corrected,labels]
         [--solver project,baseline] [--n-subsets 20] [--seed 0] [--fp FP1,FP2]
-        [--jobs N] [--model-sigma-ms MS] [--max-chance P] [--markdown FILE] [--readme FILE] [--facts]
+        [--jobs N] [--model-sigma-ms MS] [--max-chance P] [--live-step S] [--markdown FILE] [--readme FILE]
+        [--facts]
 
 * picks / audio: for every test, the recording set is built in memory
   (server.import_shotspotter.load_test), its truth block and the other mode's
@@ -234,7 +235,7 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestSc
     a person confirming every candidate would report)."""
     from server.locate import locate
 
-    t, mode, workers, cfg, count_picks = args
+    t, mode, workers, cfg, count_picks, live_step_s = args
     truth = t.recording_set.truth
     blind = dataclasses.replace(t.recording_set, truth=())      # the locator never sees the truth
     if mode == "picks":
@@ -243,7 +244,7 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestSc
     elif mode == "audio":
         blind = dataclasses.replace(blind, nodes=tuple(n for n in blind.nodes if n.wav is not None),
                                     arrivals=())
-    result = locate(blind, mode=mode, workers=workers, cfg=cfg)
+    result = locate(blind, mode=mode, workers=workers, cfg=cfg, live_step_s=live_step_s)
     score = score_test(truth, list(result.reports), name=f"{t.firing_position}/{t.name}", group=t.firing_position)
     picked = picked_counts(t, result.events) if count_picks else None
     reviewed = score_test(truth, list(result.reports) + list(result.candidates), name=score.name, group=score.group)
@@ -251,18 +252,21 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestSc
 
 
 def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1, cfg=None,
-                count_picks: bool = False) -> list[tuple[TestScore, float | None, list[int] | None, TestScore]]:
+                count_picks: bool = False, live_step_s: float | None = None
+                ) -> list[tuple[TestScore, float | None, list[int] | None, TestScore]]:
     """Score every test in ``mode``, with the model timing error (s or None) its
     association learnt and, with ``count_picks`` (audio mode, the labels' own
     times), :func:`picked_counts` (else None); ``jobs`` > 1 runs
     tests in parallel processes (each test's own detection then runs in one
-    process). ``cfg``: ServerConfig (None: the defaults)."""
+    process). ``cfg``: ServerConfig (None: the defaults); ``live_step_s``:
+    decide as a live server would (``server.locate.locate``'s), None: at once."""
     if jobs <= 1:
-        return [_locate_one((t, mode, None, cfg, count_picks)) for t in tests]
+        return [_locate_one((t, mode, None, cfg, count_picks, live_step_s)) for t in tests]
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_locate_one, [(t, mode, 1, cfg, count_picks) for t in tests], chunksize=1))
+        return list(pool.map(_locate_one, [(t, mode, 1, cfg, count_picks, live_step_s) for t in tests],
+                             chunksize=1))
 
 
 def review_line(shots: Summary, with_candidates: Summary) -> str:
@@ -442,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the server's model timing error (SolverConfig.model_sigma_s) in ms (default: the default)")
     ap.add_argument("--max-chance", type=float, default=None,
                     help="AssociationConfig.max_chance (default: the default)")
+    ap.add_argument("--live-step", type=float, default=None, metavar="S",
+                    help="decide as a live server would, the watermark moving every S s of audio "
+                         "(default: once every event is in, as earwitness locate)")
     args = ap.parse_args(argv)
 
     modes = [m for m in args.modes.split(",") if m]
@@ -483,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"max_chance {args.max_chance if args.max_chance is not None else 'default'}")
         if relearnt:
             title += " (learnt by the server from the picks-mode shots)"
+        if args.live_step is not None:
+            title += f", decided as live (watermark steps of {args.live_step:g} s)"
         try:
             import server.locate  # noqa: F401
         except ImportError as e:
@@ -497,14 +506,17 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "corrected":
             corr = station_corrections(tests)
             title = title.replace("corrected mode", "audio mode, WAV sensors' biases corrected from the survey")
-            results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg)
+            results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg,
+                                  live_step_s=args.live_step)
         elif mode == "labels":
             title = title.replace("labels mode", "audio mode's ceiling: ShotSpotter's labelled arrivals at the "
                                                  "WAV sensors as picks, nothing else")
-            results = run_locator([labelled_test(t) for t in tests], "picks", args.jobs, cfg)
+            results = run_locator([labelled_test(t) for t in tests], "picks", args.jobs, cfg,
+                                  live_step_s=args.live_step)
         else:
             # the ceiling table (below, for the first audio run) counts our picks
-            results = run_locator(tests, mode, args.jobs, cfg, count_picks=mode == "audio" and not relearnt)
+            results = run_locator(tests, mode, args.jobs, cfg, count_picks=mode == "audio" and not relearnt,
+                                  live_step_s=args.live_step)
         summaries = summarize_by_group([score for score, *_ in results], SURVEY_R95_M)
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))

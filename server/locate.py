@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from common.config import DetectorConfig, ServerConfig
-from common.protocol import Event
+from common.protocol import Event, Heartbeat
 from common.recording_set import SET_FILENAME, RecordingSet, RecordingSetError, SetNode, load_set
 from common.timefmt import ns_to_iso
 from node.detector import Detector
@@ -136,8 +136,17 @@ def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | Non
 
 def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
            detector_cfg: DetectorConfig | None = None, workers: int | None = None,
-           progress: Callable[[int, int], None] | None = None) -> LocateResult:
-    """:func:`locate_set`, with what the association learnt of the network's timing."""
+           progress: Callable[[int, int], None] | None = None,
+           live_step_s: float | None = None) -> LocateResult:
+    """:func:`locate_set`, with what the association learnt of the network's timing.
+
+    ``live_step_s``: decide as a live server would, the nodes' heartbeats
+    moving the watermark every ``live_step_s`` seconds of audio (the events up
+    to it delivered first), instead of once every event is in (None). A live
+    server decides almost exactly what the default does (docs/architecture.md,
+    "Watermark"); this shows what it would have decided."""
+    if live_step_s is not None and not live_step_s > 0:
+        raise RecordingSetError(f"live step {live_step_s} s: must be > 0")
     m = choose_mode(rs, mode)
     scfg = server_config_for(rs, cfg)
     engine = Engine(scfg, store=None)
@@ -162,8 +171,13 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
                 if progress:
                     progress(k + 1, len(nodes))
     events.sort(key=lambda e: e.t_utc_ns)
-    engine.ingest_events(events, received_ns=0)
-    reports = tuple(sorted(engine.finish(), key=lambda r: r.t_utc_ns))
+    if live_step_s is None:
+        engine.ingest_events(events, received_ns=0)
+        found = engine.finish()
+    else:
+        reporting = [n for n in rs.nodes if n.wav is not None] if m == "audio" else list(rs.nodes)
+        found = replay_live(engine, events, reporting, live_step_s)
+    reports = tuple(sorted(found, key=lambda r: r.t_utc_ns))
     return LocateResult(reports, scfg.solver.model_sigma_s, engine.assoc.learnt_model_sigma_s,
                         engine.assoc.learnt_from, tuple(events),
                         tuple(replace(c, candidate_id=k) for k, c in enumerate(engine.take_candidates(), 1)))
@@ -173,6 +187,33 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
 #: showed in picks mode (docs/accuracy.md): what ``locate`` assumes for a folder
 #: of ShotSpotter sensor WAVs unless told otherwise.
 STREET_MODEL_SIGMA_MS = 7.0
+
+
+def replay_live(engine: Engine, events: list[Event], nodes: list[SetNode], step_s: float) -> list[ShotReport]:
+    """Feed ``events`` (time order) to ``engine`` as a live server gets them:
+    every ``step_s`` seconds of audio, the events up to then, a heartbeat from
+    each of ``nodes`` saying it has analysed its audio that far, and a
+    decision; until the watermark is past everything any decision looks at.
+    Returns the shots in the order decided."""
+    out: list[ShotReport] = []
+    if not events:
+        return engine.finish()
+    now = events[-1].t_utc_ns + 10**12            # the wall clock: far later, no node goes stale
+    step = int(step_s * 1e9)
+    t, i, k = events[0].t_utc_ns, 0, 0
+    end = events[-1].t_utc_ns + 2 * engine.assoc.wait_ns() + engine.assoc.max_travel_ns()
+    while t < end:
+        t += step
+        j = i
+        while j < len(events) and events[j].t_utc_ns <= t:
+            j += 1
+        engine.ingest_events(events[i:j], received_ns=now)
+        i = j
+        for n in nodes:
+            engine.ingest_heartbeat(Heartbeat(n.id, k, now, t, n.lat, n.lon, n.alt, "replay"), received_ns=now)
+        k += 1
+        out += engine.advance(now_ns=now)
+    return out + engine.finish()                  # nothing is left by then; kept as a guarantee
 
 
 def timing_note(result: LocateResult) -> str | None:
@@ -218,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chance", type=float, metavar="P",
                    help="largest accepted expected number of chance alignments per searched arrival "
                         "(default 1e-4; small sparse recordings may need 0.01 to accept 4-node shots)")
+    p.add_argument("--live-step", type=float, metavar="S",
+                   help="decide as a live server would, the nodes' heartbeats moving the watermark every S "
+                        "seconds of audio (a live node's: 0.5), instead of once everything is in")
     p.add_argument("--review", action="store_true",
                    help="also list the unconfirmed candidates: line-ups no shot took that fit one source but "
                         "whose timing could be a coincidence (up to [association] review_max_chance, 0.1), "
@@ -289,7 +333,7 @@ def main(argv: list[str]) -> int:
         if args.temperature is not None:
             rs = replace(rs, temperature_c=args.temperature)
         result = locate(rs, args.mode, cfg=cli_server_config(args),
-                        progress=_progress_bar if sys.stderr.isatty() else None)
+                        progress=_progress_bar if sys.stderr.isatty() else None, live_step_s=args.live_step)
         reports = list(result.reports)
     except (RecordingSetError, WavError, FileNotFoundError) as exc:
         print(f"earwitness locate: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ taken by a later seed, so the live server waits for both
 (``Associator.wait_ns``). Checked on real recordings: ShotSpotter's Pittsburgh
 FP3/test_051 (round k at one sensor lines up with round k + 1 at the others)
 and FP2/test_026 (a sensor hears a reflection louder than the direct sound),
-through our detector, fed in watermark steps of several sizes.
+through our detector, replayed as live (``locate(..., live_step_s=...)``: the
+nodes' heartbeats move the watermark every so many seconds of audio).
 
 This is not a guarantee for every recording: the association is greedy (the
 best candidate among those ready is formed first, and what it learns from a
@@ -17,69 +18,37 @@ can still change a few rounds (docs/architecture.md, "Watermark")."""
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+
 import pytest
 
-from common.protocol import Heartbeat
 from conftest import shared_data
-from server.engine import Engine
 from server.import_shotspotter import load_test
-from server.locate import node_events_from_wav, replay_config, server_config_for
-from common.config import DetectorConfig
+from server.locate import locate, replay_config
 
 
-def _events(fp: str, name: str):
-    rs = load_test(shared_data("pittsburgh", "PittsburghPA_DQV_2018-12-18", fp, name)).recording_set
-    evs = [e for n in rs.nodes if n.wav is not None for e in node_events_from_wav(n, DetectorConfig())]
-    return rs, sorted(evs, key=lambda e: e.t_utc_ns)
-
-
-def _engine(rs, sigma_ms):
-    eng = Engine(server_config_for(rs, replay_config(sigma_ms)), store=None)
-    for n in rs.nodes:
-        eng.set_node_position_sigma(n.id, n.position_sigma_m)
-    return eng
-
-
-def _shots(rs, events, sigma_ms, steps_s):
-    """Located shots (time, lat, lon, nodes) with the events fed as a live
-    server gets them: each node's events up to a time, then its heartbeat
-    saying it has analysed its audio that far, then a decision (``steps_s``:
-    the steps of that time, cycled; empty: everything at once, as ``locate``)."""
-    eng = _engine(rs, sigma_ms)
-    out = []
-    if steps_s:
-        nodes = [n for n in rs.nodes if n.wav is not None] or list(rs.nodes)     # the nodes that report
-        now = events[-1].t_utc_ns + 10**12              # wall clock: no node goes stale
-        t, i, k = events[0].t_utc_ns, 0, 0
-        end = events[-1].t_utc_ns + 30 * 10**9            # until everything is decided, as live
-        while t < end:
-            t += int(steps_s[k % len(steps_s)] * 1e9)
-            j = i
-            while j < len(events) and events[j].t_utc_ns <= t:
-                j += 1
-            eng.ingest_events(events[i:j], received_ns=now)
-            i = j
-            for n in nodes:
-                eng.ingest_heartbeat(Heartbeat(n.id, k, now, t, n.lat, n.lon, n.alt, "test"), received_ns=now)
-            k += 1
-            out += eng.advance(now_ns=now)
-        assert eng.finish() == []                         # live, everything was decided
-    else:
-        eng.ingest_events(events, received_ns=0)
-        out += eng.finish()
-    return sorted((r.t_utc_ns, round(r.lat, 7), round(r.lon, 7), r.nodes) for r in out)
+def _shots(rs, sigma_ms, live_step_s):
+    r = locate(rs, "audio", cfg=replay_config(sigma_ms), workers=1, live_step_s=live_step_s)
+    return sorted((x.t_utc_ns, round(x.lat, 7), round(x.lon, 7), x.nodes) for x in r.reports)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fp,name", [("FP3", "test_051"), ("FP2", "test_026")])
 @pytest.mark.parametrize("sigma_ms", [None, 7.0])
-def test_fed_over_time_the_engine_decides_what_it_decides_at_once(fp, name, sigma_ms):
-    """Without the look-ahead, fed in 0.1 s steps at 7.0 ms, test_051 gave two
+def test_replayed_as_live_the_engine_decides_what_it_decides_at_once(fp, name, sigma_ms):
+    """Without the look-ahead, in 0.1 s steps at 7.0 ms, test_051 gave two
     false shots (a line-up decided before the rounds that outrank it had come)
     and test_026 one round more than ``locate``."""
-    rs, events = _events(fp, name)
-    batch = _shots(rs, events, sigma_ms, ())
-    rng = np.random.default_rng(5)
-    for steps in ((0.1,), (0.5,), tuple(rng.uniform(0.05, 1.5, 17))):
-        assert _shots(rs, events, sigma_ms, steps) == batch, steps
+    rs = load_test(shared_data("pittsburgh", "PittsburghPA_DQV_2018-12-18", fp, name)).recording_set
+    rs = dataclasses.replace(rs, truth=(), arrivals=())
+    batch = _shots(rs, sigma_ms, None)
+    for step in (0.1, 0.5, 1.3):
+        assert _shots(rs, sigma_ms, step) == batch, step
+
+
+def test_a_live_step_must_be_positive():
+    from common.recording_set import RecordingSetError
+
+    rs = load_test(shared_data("pittsburgh", "PittsburghPA_DQV_2018-12-18", "FP3", "test_051")).recording_set
+    with pytest.raises(RecordingSetError, match="must be > 0"):
+        locate(rs, "audio", live_step_s=0.0)
