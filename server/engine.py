@@ -427,7 +427,7 @@ class Engine:
         self._new_candidates.extend(reports)
 
     def _candidate_report(self, cand: Association, now_ns: int) -> CandidateReport:
-        sol = self._unfitted_radius(cand, self.review)
+        sol = self._candidate_solution(cand)
         assert self.frame is not None
         lat, lon, alt = (float(v) for v in self.frame.to_wgs84(sol.pos))
         nodes = tuple(a.node for a in cand.arrivals)
@@ -494,11 +494,13 @@ class Engine:
             sol = solve(rec, ts, sig, c0, unfitted_sigma=unfitted, **kw)
         return sol if sol is not None else shot.solution
 
-    def _unfitted_radius(self, cand: Association, assoc: Associator):
-        """``cand``'s solution (still air, as the association found it) re-solved
-        so that its radius, like a shot's, allows for the speed of sound and the
-        wind it does not fit: a reviewer compares like with like. The
-        association's solution if the re-solve fails."""
+    def _candidate_solution(self, cand: Association) -> Solution:
+        """A candidate's solution (still air, as the review association found
+        it) re-solved so that its radius, like a shot's, allows for the speed of
+        sound and the wind it does not fit: a reviewer compares like with like.
+        The association's solution if the re-solve fails."""
+        assert self.review is not None
+        assoc = self.review
         scfg = self.cfg.solver
         rec = np.array([a.pos for a in cand.arrivals])
         ts = np.array([(a.t_ns - cand.ref_ns) * 1e-9 for a in cand.arrivals])
