@@ -431,6 +431,34 @@ class Associator:
         had come, and the two would differ."""
         return self.max_travel_ns() + int((REPEAT_WINDOW_S + self.cfg.extend_tolerance_s + self.cfg.latency_s) * 1e9)
 
+    def heard_near(self, sol: Solution, t0_ns: int) -> dict[str, float]:
+        """Per node within ``hearing_range_m`` of a located source (``sol``: its
+        position, speed of sound and wind; emitting at ``t0_ns``): the time (s)
+        from the arrival predicted there to the nearest sound the node reported (pending or in a shot),
+        if one is within ``extend_tolerance_s`` of it, whether or not a shot
+        took it. (A node whose clock is off has its arrival left out of the
+        shot, or spread over the fit; measured against the shot's solution,
+        the offset shows.)"""
+        tol_ns = self._extend_tolerance() * 1e9
+        c = sol.c_mps or self.c
+        w = np.array([sol.wind_mps[0], sol.wind_mps[1], 0.0])
+        out: dict[str, float] = {}
+        for node, p in self._nodes.items():
+            d = p - sol.pos
+            r2 = float(d @ d)
+            if r2 > self.cfg.hearing_range_m ** 2:
+                continue
+            heard = self._heard.get(node)
+            if not heard:
+                continue
+            # travel time with the wind: |d − w·τ| = c·τ (server/solver.py)
+            dw, a = float(d @ w), c * c - float(w @ w)
+            pred = t0_ns + (-dw + math.sqrt(dw * dw + a * r2)) / a * 1e9
+            t = min((h for h, _ in heard), key=lambda h: abs(h - pred))
+            if abs(t - pred) <= tol_ns:
+                out[node] = (t - pred) * 1e-9
+        return out
+
     def height_prior(self) -> tuple[float, float] | None:
         """(z0, σ) m of the source height prior, or None (fixed height or free 3-D).
         σ is ``z_sigma`` widened by the spread (1.4826 × MAD) of the nodes' own

@@ -25,6 +25,7 @@ from server.association import Arrival, Association, Associator
 from server.reports import CandidateReport, ShotReport
 from server.solver import Solution, solve
 from server.incidents import IncidentTracker
+from server.node_timing import NodeTimingCheck
 from server.registry import NodeRegistry
 from server.store import Store, StoreError
 
@@ -33,6 +34,12 @@ log = logging.getLogger("earwitness.server")
 STORE_ERROR_LOG_S = 10.0
 #: The store's key for what the association has learnt of the network.
 LEARNT_KEY = "association.learnt"
+#: A node that hears shots steadily more than this early or late (s; and more
+#: than twice the model timing error) is reported (server/node_timing.py).
+NODE_OFFSET_MIN_S = 0.001
+#: Shots with fewer arrivals than this do not judge the nodes' timing: their
+#: solutions are too loose to tell a node's offset from their own error.
+NODE_CHECK_MIN_ARRIVALS = 6
 
 
 @dataclass
@@ -76,6 +83,10 @@ class Engine:
         self._new_candidates: list[CandidateReport] = []
         self._learnt_saved: dict | None = None
         self.incidents = IncidentTracker(cfg.incidents)
+        #: Which nodes hear shots steadily early or late (their clock, their
+        #: surveyed position): judged beyond twice the model timing error and 1 ms.
+        self.timing = NodeTimingCheck(max(NODE_OFFSET_MIN_S, 2.0 * cfg.solver.model_sigma_s))
+        self._timing_pending: list[tuple[dict[str, float], tuple[float, float]]] = []
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
         self._pos_cache: dict[str, tuple[tuple[float, float, float], np.ndarray]] = {}
@@ -345,6 +356,7 @@ class Engine:
         ctx = self.store.transaction() if self.store is not None else nullcontext()
         tracker, counters = copy.deepcopy(self.incidents), dict(self.counters)
         learnt = None
+        self._timing_pending = []
         try:
             with ctx:
                 for a in rejected:
@@ -380,6 +392,11 @@ class Engine:
             return []
         if learnt is not None:
             self._learnt_saved = learnt
+        # what these shots say of each node's timing, once they are on record
+        for offsets, where in self._timing_pending:
+            self.timing.add(offsets, where)
+        for text, warning in self.timing.changes():
+            (log.warning if warning else log.info)("%s", text)
         self._review(shots, rejected, watermark_ns, deadline, seeds)
         return reports
 
@@ -528,6 +545,8 @@ class Engine:
             for a in shot.arrivals:
                 self.store.record_outcome(a.key, "shot", shot_id)
         self.counters["shots"] += 1
+        if len(shot.arrivals) >= NODE_CHECK_MIN_ARRIVALS:
+            self._timing_pending.append((self.assoc.heard_near(sol, t_ns), (float(sol.pos[0]), float(sol.pos[1]))))
         return ShotReport(shot_id=shot_id, incident=inc.incident, round=inc.round, t_utc_ns=t_ns,
                           lat=lat, lon=lon, alt=alt, error_m=sol.error95_m,
                           residual_ms=sol.rms_s * 1e3, nodes=nodes)
