@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +32,7 @@ from node.timebase import FixedTimebase
 from node.wav_source import WavError, read_wav
 from server.association import SCALE_MIN_SHOTS
 from server.engine import CandidateReport, Engine, ShotReport
+from server.node_timing import NodeOffset
 from server.shotspotter_wavs import set_from_wavs
 
 Mode = Literal["auto", "picks", "audio"]
@@ -125,6 +127,9 @@ class LocateResult:
     #: Unconfirmed candidates for review (time order): line-ups among the
     #: arrivals no shot took that would be shots but for the chance threshold.
     candidates: tuple[CandidateReport, ...] = ()
+    #: Nodes that heard the shots steadily early or late (server/node_timing.py):
+    #: a clock or a surveyed position to check. The largest offset first.
+    nodes_off: tuple[NodeOffset, ...] = ()
 
 
 def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
@@ -180,7 +185,8 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
     reports = tuple(sorted(found, key=lambda r: r.t_utc_ns))
     return LocateResult(reports, scfg.solver.model_sigma_s, engine.assoc.learnt_model_sigma_s,
                         engine.assoc.learnt_from, tuple(events),
-                        tuple(replace(c, candidate_id=k) for k, c in enumerate(engine.take_candidates(), 1)))
+                        tuple(replace(c, candidate_id=k) for k, c in enumerate(engine.take_candidates(), 1)),
+                        tuple(engine.timing.off()))
 
 
 #: The model timing error (ms, 1 σ) ShotSpotter's Pittsburgh street sensors
@@ -318,6 +324,8 @@ def load_input(path: str | os.PathLike) -> RecordingSet:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    # what the engine would log live (a node heard late, …) is told below as notes
+    logging.getLogger("earwitness.server").addHandler(logging.NullHandler())
     try:
         rs = load_input(args.path)
         if sensor_wav_folder(args.path):
@@ -367,6 +375,8 @@ def main(argv: list[str]) -> int:
     note = timing_note(result)
     if note:
         print(note, file=sys.stderr)
+    for off in result.nodes_off:
+        print(f"note: {off.text()}", file=sys.stderr)
     if args.plot:
         from common.geodesy import LocalFrame
         from server.plot import MapShot, draw_map

@@ -12,6 +12,13 @@ takes each shot's offsets (``Associator.heard_near``), :meth:`changes` returns
 the nodes that have just become, or stopped being, off — one log line each —
 and :meth:`offsets` all that is known.
 
+Where the shot did use the node's arrival, the fit has taken up part of its
+error (more of it the fewer nodes the shot has), so what is measured there is
+what is left: a lower bound on the node's offset (3.0 ms of a 5 ms clock error
+among nine nodes with 1 ms picks; all of it where the shot left the arrival
+out). Judging each node against fits made without it would pull the others the
+other way instead (tried: a 2 ms "early" neighbour).
+
 Shots from one place share their paths, so a node behind a building, which
 hears a reflection instead of the direct sound, shows a steady offset for the
 shots from there too (and a burst is one place): a node is judged place by

@@ -241,3 +241,26 @@ def test_locate_lists_candidates_for_review_on_request(tmp_path, capsys):
     assert main([str(tmp_path / "set"), "--review", "--plot", str(tmp_path / "map.png")]) == 0
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "map written to" in capsys.readouterr().err
+
+
+def test_locate_tells_of_a_node_that_hears_every_shot_late(tmp_path, capsys):
+    """Eight shots from eight places; node n3's picks are all 5 ms late (its
+    clock). The shots are located; stderr names n3, once, and no other node.
+    With 1 ms picks its arrivals stay in the shots, and the fits take up part
+    of its offset: what is reported is what is left (a lower bound)."""
+    rng = np.random.default_rng(8)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(9, seed=3)
+    rounds = [(np.array([rng.uniform(-300, 300), rng.uniform(-300, 300), 1.5]), 1.0 + 10.0 * k) for k in range(8)]
+    arrivals = [dataclasses.replace(a, t_utc_ns=a.t_utc_ns + (5_000_000 if a.node == "n3" else 0))
+                for a in _picks(enu, rounds, c, rng)]
+    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                      arrivals=tuple(sorted(arrivals, key=lambda a: a.t_utc_ns)))
+    result = locate(rs, "picks")
+    assert len(result.reports) == 8
+    (off,) = result.nodes_off
+    assert off.node_id == "n3" and 2.5 < off.median_ms <= 5.5
+    write_set(tmp_path / "set", rs)
+    assert main([str(tmp_path / "set")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("hears shots") == 1 and "note: node n3 hears shots" in err and "late" in err
