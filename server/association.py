@@ -98,7 +98,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from common.config import AssociationConfig
-from server.solver import Solution, residual_scale, solve
+from server.solver import Solution, residual_scale, solve, travel_times_s
 
 #: A candidate whose emission time is within this (s) of a formed shot's, and
 #: whose every arrival comes after that shot's at the same node, is its echoes.
@@ -439,24 +439,17 @@ class Associator:
         took it. (A node whose clock is off has its arrival left out of the
         shot, or spread over the fit; measured against the shot's solution,
         the offset shows.)"""
+        nodes = [n for n, p in self._nodes.items()
+                 if self._heard.get(n) and float(np.linalg.norm(p - sol.pos)) <= self.cfg.hearing_range_m]
+        if not nodes:
+            return {}
         tol_ns = self._extend_tolerance() * 1e9
-        c = sol.c_mps or self.c
-        w = np.array([sol.wind_mps[0], sol.wind_mps[1], 0.0])
+        tau = travel_times_s(np.array([self._nodes[n] for n in nodes]), sol.pos, sol.c_mps or self.c, sol.wind_mps)
         out: dict[str, float] = {}
-        for node, p in self._nodes.items():
-            d = p - sol.pos
-            r2 = float(d @ d)
-            if r2 > self.cfg.hearing_range_m ** 2:
-                continue
-            heard = self._heard.get(node)
-            if not heard:
-                continue
-            # travel time with the wind: |d − w·τ| = c·τ (server/solver.py)
-            dw, a = float(d @ w), c * c - float(w @ w)
-            pred = t0_ns + (-dw + math.sqrt(dw * dw + a * r2)) / a * 1e9
-            t = min((h for h, _ in heard), key=lambda h: abs(h - pred))
+        for node, pred in zip(nodes, t0_ns + tau * 1e9):
+            t = min((h for h, _ in self._heard[node]), key=lambda h: abs(h - pred))
             if abs(t - pred) <= tol_ns:
-                out[node] = (t - pred) * 1e-9
+                out[node] = float(t - pred) * 1e-9
         return out
 
     def height_prior(self) -> tuple[float, float] | None:
@@ -611,8 +604,8 @@ class Associator:
             if not cands:
                 # put aside only what no later seed (up to a shot's spread after
                 # it, not yet ready) could still take into a shot
-                done = [a for a in ready if watermark_ns is None
-                        or a.t_ns + wait_ns + self.max_travel_ns() <= watermark_ns]
+                settled_ns = None if watermark_ns is None else watermark_ns - wait_ns - self.max_travel_ns()
+                done = [a for a in ready if settled_ns is None or a.t_ns <= settled_ns]
                 rejected.extend(done)
                 keys = {a.key for a in done}
                 self._pending = [a for a in self._pending if a.key not in keys]

@@ -182,20 +182,13 @@ class _Layout:
         the denominator of ∂τ/∂c (n,))."""
         p, t0, c, w = self.unpack(q)
         d = receivers - p                                    # source → receiver
-        r2 = np.einsum("ij,ij->i", d, d)
+        tau, dist = _tau(d, c, w)
+        if not jac:
+            return t0, c, tau, None, None
         if w is None:
-            dist = np.sqrt(np.maximum(r2, 1e-12))
-            tau = dist / c
-            if not jac:
-                return t0, c, tau, None, None
             den = c * dist                                   # E·w + c²τ with w = 0
             e = d
         else:
-            dw = d @ w
-            a = c * c - float(w @ w)
-            tau = (-dw + np.sqrt(np.maximum(dw * dw + a * r2, 0.0))) / a
-            if not jac:
-                return t0, c, tau, None, None
             e = d - tau[:, None] * w[None, :]                # receiver − advected centre
             den = np.maximum(e @ w + c * c * tau, 1e-9)
         return t0, c, tau, e / den[:, None], den
@@ -203,6 +196,28 @@ class _Layout:
     def prior(self, q: np.ndarray) -> np.ndarray:
         """Normalised residuals of the priors (their Jacobian is ``Jp``)."""
         return (self._pmu - q[self._pidx]) / self._psd
+
+
+def _tau(d: np.ndarray, c: float, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Travel times (s, (n,)) over ``d`` (n, 3) m, source → receiver, at ``c``
+    m/s in the horizontal wind ``w`` (3,) m/s (None: still air, and then the
+    distances (n,) too): τ solves |d − w·τ| = c·τ."""
+    r2 = np.einsum("ij,ij->i", d, d)
+    if w is None:
+        dist = np.sqrt(np.maximum(r2, 1e-12))
+        return dist / c, dist
+    dw = d @ w
+    a = c * c - float(w @ w)
+    return (-dw + np.sqrt(np.maximum(dw * dw + a * r2, 0.0))) / a, None
+
+
+def travel_times_s(receivers: np.ndarray, source: np.ndarray, c: float,
+                   wind_mps: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Travel times (s, (n,)) of sound from ``source`` (3,) m ENU to
+    ``receivers`` (n, 3) m ENU at ``c`` m/s, in the horizontal wind
+    ``wind_mps`` (east, north): the model :func:`solve` fits."""
+    w = np.array([wind_mps[0], wind_mps[1], 0.0]) if any(wind_mps) else None
+    return _tau(np.asarray(receivers, dtype=float) - np.asarray(source, dtype=float), float(c), w)[0]
 
 
 def _fit(lay: _Layout, receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, x0: np.ndarray,
