@@ -86,7 +86,6 @@ class Engine:
         #: Which nodes hear shots steadily early or late (their clock, their
         #: surveyed position): judged beyond twice the model timing error and 1 ms.
         self.timing = NodeTimingCheck(max(NODE_OFFSET_MIN_S, 2.0 * cfg.solver.model_sigma_s))
-        self._timing_pending: list[tuple[dict[str, float], tuple[float, float]]] = []
         self._marks: dict[str, _NodeMark] = {}
         self._node_z: dict[str, float] = {}
         self._pos_cache: dict[str, tuple[tuple[float, float, float], np.ndarray]] = {}
@@ -356,7 +355,7 @@ class Engine:
         ctx = self.store.transaction() if self.store is not None else nullcontext()
         tracker, counters = copy.deepcopy(self.incidents), dict(self.counters)
         learnt = None
-        self._timing_pending = []
+        heard: list[tuple[dict[str, float], tuple[float, float]]] = []     # for the node timing check
         try:
             with ctx:
                 for a in rejected:
@@ -366,7 +365,10 @@ class Engine:
                         if self.review is not None:
                             self.store.queue_for_review(a.key, seeds[a.key])
                 for shot in shots:
-                    reports.append(self._report(shot, now))
+                    rep, offsets = self._report(shot, now)
+                    reports.append(rep)
+                    if offsets is not None:
+                        heard.append(offsets)
                 if shots and self.store is not None:
                     learnt = self.assoc.learnt()
                     if learnt != self._learnt_saved:
@@ -393,7 +395,7 @@ class Engine:
         if learnt is not None:
             self._learnt_saved = learnt
         # what these shots say of each node's timing, once they are on record
-        for offsets, where in self._timing_pending:
+        for offsets, where in heard:
             self.timing.add(offsets, where)
         for text, warning in self.timing.changes():
             (log.warning if warning else log.info)("%s", text)
@@ -475,7 +477,6 @@ class Engine:
         fit_c = scfg.fit_speed_min_nodes > 0 and n >= scfg.fit_speed_min_nodes
         fit_w = scfg.fit_wind_min_nodes > 0 and n >= scfg.fit_wind_min_nodes
         t_ns = np.array([a.t_ns for a in shot.arrivals], dtype=np.int64)
-        refined = False
         has = [a.snippet is not None and a.snippet.size > 0 for a in shot.arrivals]
         if scfg.refine_xcorr and sum(has) >= 2:
             # cross-correlate the event snippets: a refinement of the picks (server/tdoa.py)
@@ -483,15 +484,11 @@ class Engine:
 
             snips = [Snippet(a.snippet, a.snippet_t0_ns, a.sample_rate_hz, a.t_ns) if h else None
                      for a, h in zip(shot.arrivals, has)]
-            t_ns, changed = refine_times(snips)
-            refined = bool(changed.any())
+            t_ns, _ = refine_times(snips)
         rec = np.array([a.pos for a in shot.arrivals])
         ts = (t_ns - shot.ref_ns) * 1e-9
         sig = assoc.sigma(shot.arrivals)
-        z = assoc.z_source
-        kw = dict(x0=shot.solution.pos, z_source=z if scfg.mode == "2d" else None,
-                  z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,
-                  c_sigma=self.c_sigma if fit_c else None, min_used=self.cfg.association.min_nodes)
+        kw = dict(self._resolve_kw(assoc, shot.solution.pos), c_sigma=self.c_sigma if fit_c else None)
         c0 = self.c if fit_c else (shot.solution.c_mps or self.c)
         if fit_w:
             own = solve(rec, ts, sig, c0, wind_sigma=scfg.wind_sigma_mps, **kw)
@@ -517,18 +514,27 @@ class Engine:
         sound and the wind it does not fit: a reviewer compares like with like.
         The association's solution if the re-solve fails."""
         assert self.review is not None
-        assoc = self.review
-        scfg = self.cfg.solver
         rec = np.array([a.pos for a in cand.arrivals])
         ts = np.array([(a.t_ns - cand.ref_ns) * 1e-9 for a in cand.arrivals])
-        z = assoc.z_source
-        sol = solve(rec, ts, assoc.sigma(cand.arrivals), cand.solution.c_mps or self.c, x0=cand.solution.pos,
-                    z_source=z if scfg.mode == "2d" else None,
-                    z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,
-                    min_used=self.cfg.association.min_nodes, unfitted_sigma=(self.c_sigma, scfg.unfitted_wind_mps))
+        sol = solve(rec, ts, self.review.sigma(cand.arrivals), cand.solution.c_mps or self.c,
+                    unfitted_sigma=(self.c_sigma, self.cfg.solver.unfitted_wind_mps),
+                    **self._resolve_kw(self.review, cand.solution.pos))
         return sol if sol is not None else cand.solution
 
-    def _report(self, shot: Association, now_ns: int) -> ShotReport:
+    def _resolve_kw(self, assoc: Associator, x0: np.ndarray) -> dict:
+        """What every re-solve of a formed line-up (a shot's final solution, a
+        candidate's) shares: its start ``x0``, the height model ``assoc`` uses,
+        every arrival kept."""
+        scfg = self.cfg.solver
+        return dict(x0=x0, z_source=assoc.z_source if scfg.mode == "2d" else None,
+                    z_prior=assoc.height_prior() if scfg.mode == "auto" else None, max_reject=0,
+                    min_used=self.cfg.association.min_nodes)
+
+    def _report(self, shot: Association, now_ns: int
+                ) -> tuple[ShotReport, tuple[dict[str, float], tuple[float, float]] | None]:
+        """The shot's report, recorded in the store, and, for the node timing
+        check, what its nodes heard against its solution and where it was (None:
+        too few arrivals to judge by)."""
         sol = self._final_solution(shot)
         assert self.frame is not None
         lat, lon, alt = (float(v) for v in self.frame.to_wgs84(sol.pos))
@@ -545,9 +551,10 @@ class Engine:
             for a in shot.arrivals:
                 self.store.record_outcome(a.key, "shot", shot_id)
         self.counters["shots"] += 1
+        offsets = None
         if len(shot.arrivals) >= NODE_CHECK_MIN_ARRIVALS:
-            self._timing_pending.append((self.assoc.heard_near(sol, t_ns), (float(sol.pos[0]), float(sol.pos[1]))))
+            offsets = (self.assoc.heard_near(sol, t_ns), (float(sol.pos[0]), float(sol.pos[1])))
         return ShotReport(shot_id=shot_id, incident=inc.incident, round=inc.round, t_utc_ns=t_ns,
                           lat=lat, lon=lon, alt=alt, error_m=sol.error95_m,
-                          residual_ms=sol.rms_s * 1e3, nodes=nodes)
+                          residual_ms=sol.rms_s * 1e3, nodes=nodes), offsets
 
