@@ -141,7 +141,6 @@ class WorldResult:
     located: int
     false_shots: int
     errors_m: tuple[float, ...]
-    inside95: tuple[bool, ...]
     incidents_true: int
     incidents_found: int
     wall_s: float
@@ -151,6 +150,11 @@ class WorldResult:
     candidates_new: int = 0
     #: The reported 95 % radius (m) of each located round (as ``errors_m``).
     radii_m: tuple[float, ...] = ()
+
+    @property
+    def inside95(self) -> tuple[bool, ...]:
+        """Per located round: its error is inside the radius it was reported with."""
+        return tuple(e <= r for e, r in zip(self.errors_m, self.radii_m))
 
 
 def server_config(world: World, scen) -> ServerConfig:
@@ -180,19 +184,18 @@ def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldRes
     t_xy = to_local(frame, [t.lat for t in gun], [t.lon for t in gun])
     e_xy = to_local(frame, [r.lat for r in reports], [r.lon for r in reports])
     sc = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy, np.array([r.t_utc_ns for r in reports]), e_xy)
-    errs, inside, radii = [], [], []
+    errs, radii = [], []
     for m in sc.matches:
         if m.estimate_index is None:
             continue
         errs.append(float(m.error_m))
-        inside.append(bool(m.error_m <= reports[m.estimate_index].error_m))
         radii.append(float(reports[m.estimate_index].error_m))
     found_incidents = len({r.incident for r in reports})
     cands = eng.take_candidates()
     both = reports + cands
     sc_all = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy, np.array([r.t_utc_ns for r in both]),
                    to_local(frame, [r.lat for r in both], [r.lon for r in both]))
-    return WorldResult(world, sc.total, sc.located, sc.false_shots, tuple(errs), tuple(inside),
+    return WorldResult(world, sc.total, sc.located, sc.false_shots, tuple(errs),
                        len({t.incident_id for t in gun}), found_incidents, time.perf_counter() - t0,
                        len(cands), sc_all.located - sc.located, tuple(radii))
 
