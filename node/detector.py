@@ -230,10 +230,12 @@ class Onset:
 class Detector:
     """Streaming onset detector. ``process(chunk)`` → onsets completed so far.
 
-    State carried between chunks: filter states (band-pass, high-pass, STA, LTA),
-    the last ``history`` samples of raw and high-passed audio, the trigger state
-    (armed, last trigger), the zero-run length, and triggers still waiting for the
-    samples after them. ``flush()`` finishes triggers at the end of a stream.
+    State carried between chunks: filter states (band-pass, STA, LTA), the last
+    ``history`` samples of raw audio (each pick runs the high-pass over them
+    afresh, from a lead-in, so it depends only on the samples around it), the
+    trigger state (armed, last trigger), the zero-run length, and triggers still
+    waiting for the samples after them. ``flush()`` finishes triggers at the end
+    of a stream.
     """
 
     def __init__(self, cfg: DetectorConfig, sample_rate_hz: float, start_frame: int = 0) -> None:
@@ -264,7 +266,6 @@ class Detector:
         self.need_after = max(self.pick_post, self.snip_post + self.pick_post) + 2
         self.history = self.need_before + self.need_after + 1
         self._raw = np.zeros(0, dtype=np.float32)
-        self._lta_hist = np.zeros(0)
         self._hist_start = start_frame  # stream index of _raw[0]
         self._next = start_frame        # stream index of the next sample to come
         self._last_trigger = -(10**12)
@@ -289,7 +290,6 @@ class Detector:
         self._find_triggers(sta, lta, start)
         # keep history
         self._raw = np.concatenate([self._raw, x.astype(np.float32)])
-        self._lta_hist = np.concatenate([self._lta_hist, lta])
         self._next = start + x.size
         out = self._complete(final=False)
         keep_from = self._next - self.history
@@ -298,7 +298,6 @@ class Detector:
         drop = max(0, keep_from - self._hist_start)
         if drop:
             self._raw = self._raw[drop:]
-            self._lta_hist = self._lta_hist[drop:]
             self._hist_start += drop
         return out
 
