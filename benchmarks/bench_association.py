@@ -3,19 +3,27 @@
 Run from the project root:
 
     python benchmarks/bench_association.py [--nodes 8,100,1000] [--sources N]
-        [--rate R] [--hearing-m 400] [--range-m M] [--seed 0]
+        [--rate R] [--hearing-m 400] [--range-m M] [--spacing-m 150] [--clutter R]
+        [--model-sigma-ms 0.1] [--seed 0]
 
 Fireworks-like load: sources at random places inside a square lattice of nodes
-(150 m spacing), emitted at ``--rate`` sources per second of stream time; every
+(150 m spacing unless ``--spacing-m``), emitted at ``--rate`` sources per second of stream time; every
 node within ``--hearing-m`` hears each source at t0 + d/c + N(0, 50 µs). The
 arrivals are fed in time order to ``server.association.Associator`` (which runs
 the solver on every candidate), stepping with a watermark 0.1 s behind the
 stream. Prints, per lattice: arrivals, shots found / sources, wall time,
-arrivals (events) per second and ms per event. ``--range-m`` sets
-``AssociationConfig.hearing_range_m`` (default: the configuration's default).
+arrivals (events) per second and ms per event, and how many seconds of stream
+the association decides per wall second ("× real time": below 1 a live server
+falls behind). ``--range-m`` sets ``AssociationConfig.hearing_range_m``
+(default: the configuration's default). ``--clutter R`` adds, at every node,
+R sounds per second that only that node hears (doors, dogs, traffic: what a
+street node's detector picks besides shots), at random times.
 
 What to look for: the time per event should not grow with the number of nodes
-once the lattice is wider than the hearing range.
+once the lattice is wider than the hearing range. Clutter is what a busy
+network mostly hears, and every sound is searched as a possible shot: its cost
+grows with the arrivals around it, i.e. with clutter × the nodes within hearing
+range.
 """
 
 from __future__ import annotations
@@ -34,44 +42,51 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.acoustics import speed_of_sound  # noqa: E402
-from common.config import AssociationConfig  # noqa: E402
+from common.config import AssociationConfig, SolverConfig  # noqa: E402
 from server.association import Arrival, Associator  # noqa: E402
 
 SPACING_M = 150.0
 SIGMA_S = 50e-6
 
 
-def lattice(n: int) -> np.ndarray:
-    """``n`` node positions (n, 3) m on a near-square lattice with SPACING_M."""
+def lattice(n: int, spacing_m: float = SPACING_M) -> np.ndarray:
+    """``n`` node positions (n, 3) m on a near-square lattice ``spacing_m`` apart."""
     cols = int(math.ceil(math.sqrt(n)))
     k = np.arange(n)
-    return np.column_stack([(k % cols) * SPACING_M, (k // cols) * SPACING_M, np.full(n, 5.0)])
+    return np.column_stack([(k % cols) * spacing_m, (k // cols) * spacing_m, np.full(n, 5.0)])
 
 
 def arrivals_for(nodes: np.ndarray, n_sources: int, rate: float, hearing_m: float, c: float,
-                 rng: np.random.Generator) -> list[tuple[int, int]]:
-    """(t_ns, node index) of every arrival, time-sorted."""
+                 rng: np.random.Generator, clutter: float = 0.0) -> list[tuple[int, int]]:
+    """(t_ns, node index) of every arrival, time-sorted: ``n_sources`` sources
+    at ``rate`` per second, and ``clutter`` sounds per node per second heard
+    by that node alone, over the same stretch of time."""
     lo, hi = nodes[:, :2].min(axis=0), nodes[:, :2].max(axis=0)
     out = []
-    t0 = 10.0
+    t0 = t_start = 10.0
     for _ in range(n_sources):
         t0 += rng.exponential(1.0 / rate)
         p = np.append(rng.uniform(lo, hi), 1.5)
         d = np.linalg.norm(nodes - p, axis=1)
         for i in np.flatnonzero(d <= hearing_m):
             out.append((int((t0 + d[i] / c + rng.normal(0.0, SIGMA_S)) * 1e9), int(i)))
+    if clutter > 0:
+        for i in range(len(nodes)):
+            n = rng.poisson(clutter * (t0 - t_start))
+            out += [(int(t * 1e9), i) for t in rng.uniform(t_start, t0, n)]
     out.sort()
     return out
 
 
 def run(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: float | None,
-        seed: int) -> dict[str, float]:
+        seed: int, clutter: float = 0.0, spacing_m: float = SPACING_M,
+        model_sigma_s: float = 1e-4) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     c = speed_of_sound(15.0)
-    nodes = lattice(n_nodes)
-    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, rng)
+    nodes = lattice(n_nodes, spacing_m)
+    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, rng, clutter)
     cfg = AssociationConfig() if range_m is None else replace(AssociationConfig(), hearing_range_m=range_m)
-    assoc = Associator(cfg, c, z_source=1.5, model_sigma_s=1e-4)
+    assoc = Associator(cfg, c, z_source=1.5, model_sigma_s=model_sigma_s)
     t_start = time.perf_counter()
     for i, p in enumerate(nodes):
         assoc.add_node(f"n{i}", p)
@@ -84,9 +99,11 @@ def run(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: fl
         assoc.add(Arrival(key=k + 1, node=f"n{i}", t_ns=t_ns, sigma_s=SIGMA_S, pos=nodes[i]))
     shots += len(assoc.step(None)[0])
     wall = time.perf_counter() - t_start
+    stream_s = (arr[-1][0] - arr[0][0]) * 1e-9 if arr else 0.0
     return {"nodes": n_nodes, "arrivals": len(arr), "sources": n_sources, "shots": shots, "wall_s": wall,
             "events_per_s": len(arr) / wall if wall > 0 else float("nan"),
-            "ms_per_event": 1e3 * wall / max(len(arr), 1)}
+            "ms_per_event": 1e3 * wall / max(len(arr), 1),
+            "realtime": stream_s / wall if wall > 0 else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,17 +114,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hearing-m", type=float, default=400.0, help="nodes within this hear a source (m)")
     ap.add_argument("--range-m", type=float, default=None,
                     help="AssociationConfig.hearing_range_m (default: the configuration's default)")
+    ap.add_argument("--spacing-m", type=float, default=SPACING_M,
+                    help=f"lattice spacing (m, default {SPACING_M:.0f})")
+    ap.add_argument("--clutter", type=float, default=0.0,
+                    help="sounds per node per second that only that node hears (default 0)")
+    ap.add_argument("--model-sigma-ms", type=float, default=0.1,
+                    help="the association's model timing error (ms, default 0.1; the server's default "
+                         f"[solver] model_sigma_s is {SolverConfig().model_sigma_s * 1e3:g})")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if not (args.clutter >= 0 and args.model_sigma_ms >= 0 and args.rate > 0 and args.sources > 0
+            and args.spacing_m > 0):
+        ap.error("--clutter and --model-sigma-ms must be >= 0; --rate, --sources and --spacing-m > 0")
     default_range = AssociationConfig().hearing_range_m
     rng_name = f"{args.range_m:.0f} m" if args.range_m is not None else f"{default_range:.0f} m (default)"
-    print(f"association throughput: lattice spacing {SPACING_M:.0f} m, heard within {args.hearing_m:.0f} m, "
-          f"{args.rate:g} sources/s, hearing_range_m {rng_name}")
-    print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9}")
+    print(f"association throughput: lattice spacing {args.spacing_m:.0f} m, heard within {args.hearing_m:.0f} m, "
+          f"{args.rate:g} sources/s, hearing_range_m {rng_name}, clutter {args.clutter:g} sounds/s per node, model σ {args.model_sigma_ms:g} ms")
+    print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9} "
+          f"{'× real time':>11}")
     for n in (int(x) for x in args.nodes.split(",") if x.strip()):
-        r = run(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed)
+        r = run(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed, args.clutter, args.spacing_m,
+                args.model_sigma_ms * 1e-3)
         print(f"{r['nodes']:>6} {r['arrivals']:>8} {r['sources']:>7} {r['shots']:>6} {r['wall_s']:>7.2f} "
-              f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f}", flush=True)
+              f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f} {r['realtime']:>11.2f}", flush=True)
     return 0
 
 
