@@ -148,6 +148,9 @@ REFINE_PEAKS = 3
 #: coarse steps.
 FINE_FRACTION = 0.125
 FINE_HALF_STEPS = 1.5
+#: How far (m) a refined shot may be from the fine-grid cell it was refined
+#: from, as :meth:`Associator._plausible` allows.
+PLAUSIBLE_SLACK_M = 10.0
 #: Fine peaks scoring below this fraction of the seed's best are not refined.
 PEAK_FRACTION = 0.6
 #: Of two candidates alike in arrivals, the one far less likely to be a chance
@@ -278,6 +281,8 @@ class Associator:
         #: (m, None: to be recomputed) — kept up to date as nodes come.
         self._bbox: tuple[np.ndarray, np.ndarray] | None = None
         self._widest_m: float | None = 0.0
+        #: The nodes' horizontal positions (N, 2) m (None: to be rebuilt); see :meth:`_plausible`.
+        self._node_xy: np.ndarray | None = None
         #: Pending arrivals per node (time order), rebuilt when pending changes.
         self._by_node: dict[str, list[Arrival]] | None = None
         self._recent: list[Association] = []
@@ -360,6 +365,7 @@ class Associator:
             else:
                 self._bbox = (np.minimum(self._bbox[0], pos[:2]), np.maximum(self._bbox[1], pos[:2]))
             self._grids = {}
+            self._node_xy = None
 
     @property
     def pending(self) -> int:
@@ -726,6 +732,8 @@ class Associator:
         priced = False                      # best.chance computed (see _better)
         for pool in searches:
             for p, c in self._peaks(seed, pool):
+                if not self._plausible(seed, pool, p, c):
+                    continue
                 cand = self._refine(seed, pool, p, c)
                 if cand is None:
                     continue
@@ -829,6 +837,43 @@ class Associator:
         out.sort(key=lambda x: -x[0])
         # a peak much weaker than the best one is another (partial) alignment
         return [b for s, b in out if s >= PEAK_FRACTION * top][:REFINE_PEAKS]
+
+    def _plausible(self, seed: Arrival, cands: dict[str, list[Arrival]], p: np.ndarray, c: float) -> bool:
+        """Whether a shot refined from the fine-grid cell ``p`` (speed of sound
+        ``c``) could pass :meth:`_enough_nodes`: for some distance r, at least
+        that of the seed's node, the seed and the nodes with an arrival within
+        the extension tolerance of the cell's prediction (and within r) are at
+        least ``min_fraction`` of all the nodes within r. The refined shot is a
+        solve away from the cell: ``PLAUSIBLE_SLACK_M`` on every distance, in
+        its favour. Most searches of a busy network start from sounds that one
+        node heard alone; the line-ups of other sounds they find span nodes that
+        heard nothing, and are dropped here rather than refined (several solves
+        each) into candidates :meth:`_enough_nodes` would refuse."""
+        f = self.cfg.min_fraction
+        if f <= 0.0:
+            return True
+        if self._node_xy is None:
+            self._node_xy = np.array([q[:2] for q in self._nodes.values()], dtype=float)
+        slack = PLAUSIBLE_SLACK_M
+        tol = self._extend_tolerance() + 2.0 * slack / c
+        d_seed = float(np.linalg.norm(seed.pos - p))
+        d_fit = []
+        for arr in cands.values():
+            q = arr[0].pos
+            pred = (float(np.linalg.norm(q - p)) - d_seed) / c
+            if any(abs((a.t_ns - seed.t_ns) * 1e-9 - pred) <= tol for a in arr):
+                d_fit.append(float(np.hypot(q[0] - p[0], q[1] - p[1])))
+        if len(d_fit) + 1 < self.cfg.min_nodes:
+            return False
+        d_all = np.sort(np.hypot(self._node_xy[:, 0] - p[0], self._node_xy[:, 1] - p[1]))
+        d_fit.sort()
+        d0 = float(np.hypot(seed.pos[0] - p[0], seed.pos[1] - p[1]))
+        for r in [d0] + [d for d in d_fit if d > d0]:
+            heard = 1 + int(np.searchsorted(d_fit, r + slack, side="right"))
+            near = int(np.searchsorted(d_all, min(r, self.cfg.hearing_range_m) - slack, side="right"))
+            if heard >= max(self.cfg.min_nodes, math.ceil(f * near)):
+                return True
+        return False
 
     def _enough_nodes(self, cand: Association) -> bool:
         """A real shot heard at some distance is heard by most nodes closer than
