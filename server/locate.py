@@ -22,7 +22,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from common.config import DetectorConfig, ServerConfig
+from common.config import ConfigError, DetectorConfig, ServerConfig, load_node_config, load_server_config
 from common.protocol import Event, Heartbeat
 from common.recording_set import SET_FILENAME, RecordingSet, RecordingSetError, SetNode, load_set
 from common.timefmt import ns_to_iso
@@ -258,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per located shot")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw a map of nodes and located shots (with --review, the candidates too)")
+    p.add_argument("--server-config", metavar="FILE.toml",
+                   help="a server's config: replay with its [association], [solver] and [incidents] settings "
+                        "and its temperature (the set's, then --temperature, win); its database, sockets and "
+                        "keys are not used (default: the built-in defaults)")
+    p.add_argument("--node-config", metavar="FILE.toml",
+                   help="a node's config: detect onsets in the WAVs with its [detector] settings, as that node "
+                        "would have (default: the built-in detector settings)")
     p.add_argument("--temperature", type=float, help="air temperature in °C (overrides the set's)")
     p.add_argument("--model-sigma-ms", type=float, metavar="MS",
                    help="timing error the network's geometry adds to every arrival (node positions, paths "
@@ -275,10 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def replay_config(model_sigma_ms: float | None = None, max_chance: float | None = None) -> ServerConfig:
-    """The server config a replay starts from: the defaults (in-memory, no
-    keys), or the given model timing error (ms) and chance-alignment threshold."""
-    cfg = ServerConfig(database=":memory:", allow_plaintext=True)
+def replay_config(model_sigma_ms: float | None = None, max_chance: float | None = None,
+                  base: ServerConfig | None = None) -> ServerConfig:
+    """The server config a replay starts from: ``base`` (a server's config;
+    None: the defaults) in memory, without keys or a list of expected nodes
+    (the set says which nodes there are), with the given model timing error
+    (ms) and chance-alignment threshold if any."""
+    cfg = replace(base or ServerConfig(), database=":memory:", allow_plaintext=True, keys_dir=None,
+                  expected_nodes=())
     if model_sigma_ms is not None:
         cfg = replace(cfg, solver=replace(cfg.solver, model_sigma_s=model_sigma_ms * 1e-3))
     if max_chance is not None:
@@ -292,7 +303,13 @@ def cli_server_config(args: argparse.Namespace) -> ServerConfig:
         raise RecordingSetError(f"--model-sigma-ms {args.model_sigma_ms}: must be >= 0 ms")
     if args.max_chance is not None and not args.max_chance > 0:
         raise RecordingSetError(f"--max-chance {args.max_chance}: must be > 0")
-    return replay_config(args.model_sigma_ms, args.max_chance)
+    base = load_server_config(args.server_config) if args.server_config else None
+    return replay_config(args.model_sigma_ms, args.max_chance, base)
+
+
+def cli_detector_config(args: argparse.Namespace) -> DetectorConfig | None:
+    """The detector settings from ``--node-config`` (None: the defaults)."""
+    return load_node_config(args.node_config).detector if args.node_config else None
 
 
 def _progress_bar(done: int, total: int) -> None:
@@ -330,7 +347,7 @@ def main(argv: list[str]) -> int:
         rs = load_input(args.path)
         if sensor_wav_folder(args.path):
             assumed = ""
-            if args.model_sigma_ms is None:
+            if args.model_sigma_ms is None and not args.server_config:
                 # street sensors: their network's timing is what ShotSpotter's own showed
                 args.model_sigma_ms = STREET_MODEL_SIGMA_MS
                 assumed = (f"; assuming the {STREET_MODEL_SIGMA_MS} ms model timing error ShotSpotter's "
@@ -340,10 +357,10 @@ def main(argv: list[str]) -> int:
                   f"{assumed}", file=sys.stderr)
         if args.temperature is not None:
             rs = replace(rs, temperature_c=args.temperature)
-        result = locate(rs, args.mode, cfg=cli_server_config(args),
+        result = locate(rs, args.mode, cfg=cli_server_config(args), detector_cfg=cli_detector_config(args),
                         progress=_progress_bar if sys.stderr.isatty() else None, live_step_s=args.live_step)
         reports = list(result.reports)
-    except (RecordingSetError, WavError, FileNotFoundError) as exc:
+    except (RecordingSetError, WavError, FileNotFoundError, ConfigError) as exc:
         print(f"earwitness locate: {exc}", file=sys.stderr)
         return 2
     cands = list(result.candidates) if args.review else []

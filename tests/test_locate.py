@@ -264,3 +264,80 @@ def test_locate_tells_of_a_node_that_hears_every_shot_late(tmp_path, capsys):
     assert main([str(tmp_path / "set")]) == 0
     err = capsys.readouterr().err
     assert err.count("hears shots") == 1 and "note: node n3 hears shots" in err and "late" in err
+
+
+def _json_set(tmp_path):
+    """Five rounds picked at 10 nodes with 4 ms of timing error (more than the default model's 0.5 ms)."""
+    rng = np.random.default_rng(4)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(10, seed=2)
+    rounds = [(np.array([rng.uniform(-300, 300), rng.uniform(-300, 300), 1.5]), 1.0 + 2.5 * k) for k in range(5)]
+    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                      arrivals=tuple(sorted(_picks(enu, rounds, c, rng, sigma=4e-3), key=lambda a: a.t_utc_ns)))
+    write_set(tmp_path / "set", rs)
+    return tmp_path / "set"
+
+
+def test_locate_replays_with_a_servers_config(tmp_path, capsys):
+    """`--server-config`: the server's association and solver settings are the
+    replay's; its database, sockets and keys are not touched."""
+    import json
+
+    path = _json_set(tmp_path)
+    cfg = tmp_path / "server.toml"
+    db = tmp_path / "not-created" / "earwitness.sqlite"
+    cfg.write_text(f'[server]\ndatabase = "{db}"\nkeys_dir = "{tmp_path / "no-keys"}"\n'
+                   '[solver]\nmodel_sigma_s = 0.004\n')
+    assert main([str(path), "--json", "--server-config", str(cfg)]) == 0
+    out, err = capsys.readouterr()
+    assert len([json.loads(x) for x in out.splitlines()]) == 5
+    assert "--model-sigma-ms" not in err                # the config's 4 ms, not the default 0.5 ms
+    assert not db.parent.exists()
+    # a server that needs more nodes than the set has locates nothing
+    cfg.write_text('[association]\nmin_nodes = 11\n')
+    assert main([str(path), "--json", "--server-config", str(cfg)]) == 0
+    assert capsys.readouterr().out == ""
+    # the command line still wins over the config
+    cfg.write_text('[solver]\nmodel_sigma_s = 0.0001\n')
+    assert main([str(path), "--json", "--server-config", str(cfg), "--model-sigma-ms", "4"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
+
+
+def test_locate_detects_with_a_nodes_detector_settings(tmp_path, capsys):
+    """`--node-config`: the WAVs go through the detector as that node has it set."""
+    from sim.render import NodeRenderer
+    from sim.world import make_scenario, make_town
+
+    fs = 12_000
+    town = make_town(6, 800.0, seed=3)
+    scen = make_scenario(town, 2, seed=3, burst=False, local_sounds=False, gap_s=(1.0, 1.5))
+    lat, lon, alt = town.node_wgs84()
+    nodes = []
+    for i in range(town.n_nodes):
+        path = tmp_path / f"{town.node_ids[i]}.wav"
+        write_wav(path, NodeRenderer(scen, town, i, fs, seed=3).render_all(), fs)
+        nodes.append(SetNode(id=town.node_ids[i], lat=float(lat[i]), lon=float(lon[i]), alt=float(alt[i]),
+                             wav=path, start_utc_ns=scen.start_utc_ns))
+    write_set(tmp_path / "set", RecordingSet(path=None, temperature_c=scen.temperature_c, nodes=tuple(nodes)))
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text('[node]\nid = "node-01"\n')
+    assert main([str(tmp_path / "set"), "--json", "--node-config", str(node_toml)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    # a node whose detector ignores everything below full scale hears nothing
+    node_toml.write_text('[node]\nid = "node-01"\n[detector]\nmin_level_dbfs = 0.0\n')
+    assert main([str(tmp_path / "set"), "--json", "--node-config", str(node_toml)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_locate_says_what_is_wrong_with_a_config(tmp_path, capsys):
+    path = _json_set(tmp_path)
+    assert main([str(path), "--server-config", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[association]\nmin_nodez = 5\n')
+    assert main([str(path), "--server-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "earwitness locate:" in err and "min_nodez" in err
+    bad.write_text('[detector]\ntrigger_ratio = 5\n')          # a node config needs its id
+    assert main([str(path), "--node-config", str(bad)]) == 2
+    assert "id" in capsys.readouterr().err
