@@ -155,13 +155,7 @@ def test_locate_command_prints_json_lines_and_the_timing_note(tmp_path, capsys):
     timing note on stderr; a missing set is a clear error with exit status 2."""
     import json
 
-    rng = np.random.default_rng(4)
-    c = speed_of_sound(10.0)
-    enu = _nodes_enu(10, seed=2)
-    rounds = [(np.array([rng.uniform(-300, 300), rng.uniform(-300, 300), 1.5]), 1.0 + 2.5 * k) for k in range(5)]
-    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
-                      arrivals=tuple(sorted(_picks(enu, rounds, c, rng, sigma=4e-3), key=lambda a: a.t_utc_ns)))
-    write_set(tmp_path / "set", rs)
+    _json_set(tmp_path)
     assert main([str(tmp_path / "set"), "--json"]) == 0
     out, err = capsys.readouterr()
     lines = [json.loads(x) for x in out.splitlines()]
