@@ -14,6 +14,7 @@ in JSON they are ISO-8601 strings. :func:`load_set` checks everything and raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from common.config import ConfigError, DetectorConfig, from_dict
 from common.timefmt import iso_to_ns, ns_to_iso
 
 SET_FILENAME = "set.json"
@@ -39,6 +41,9 @@ class SetNode:
     ``wav``: absolute path of the node's recording, or None for a picks-only node.
     ``start_utc_ns``: UTC of the WAV's first sample (required with ``wav``).
     ``position_sigma_m``: 1-sigma uncertainty of the position, if known.
+    ``detector``: the onset detector settings the node ran with when it
+    recorded the WAV (``earwitness node --record`` writes them), if known;
+    ``earwitness locate`` detects with them.
     """
 
     id: str
@@ -48,6 +53,7 @@ class SetNode:
     wav: Path | None = None
     start_utc_ns: int | None = None
     position_sigma_m: float | None = None
+    detector: DetectorConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ def _check_latlon(where: str, ctx: str, lat: float, lon: float) -> None:
 
 # ------------------------------------------------------------------ loading
 _TOP_KEYS = {"temperature_c", "nodes", "arrivals", "truth", "wind", "description"}
-_NODE_KEYS = {"id", "lat", "lon", "alt", "wav", "start_utc", "position_sigma_m"}
+_NODE_KEYS = {"id", "lat", "lon", "alt", "wav", "start_utc", "position_sigma_m", "detector"}
 _ARRIVAL_KEYS = {"node", "time_utc", "snr_db", "id"}
 _WIND_KEYS = {"speed_mps", "from_deg"}
 _TRUTH_KEYS = {"shots"}
@@ -315,6 +321,15 @@ def load_set(path: str | os.PathLike) -> RecordingSet:
         start = None
         if nd.get("start_utc") is not None:
             start = r.time(nd["start_utc"], f"{ctx}.start_utc")
+        detector = None
+        if nd.get("detector") is not None:
+            if not isinstance(nd["detector"], dict):
+                raise r.fail(f"{ctx}.detector", f"expected a JSON object (a node config's [detector] keys), "
+                                                f"got {type(nd['detector']).__name__}")
+            try:
+                detector = from_dict(DetectorConfig, nd["detector"], f"{ctx}.detector")
+            except ConfigError as exc:
+                raise RecordingSetError(f"{file}: {exc}") from None
         nodes.append(SetNode(
             id=r.string(r.required(nd, "id", ctx), f"{ctx}.id"),
             lat=r.number(r.required(nd, "lat", ctx), f"{ctx}.lat"),
@@ -323,6 +338,7 @@ def load_set(path: str | os.PathLike) -> RecordingSet:
             wav=wav,
             start_utc_ns=start,
             position_sigma_m=r.opt_number(nd, "position_sigma_m", ctx),
+            detector=detector,
         ))
 
     arrivals = []
@@ -393,6 +409,9 @@ def set_to_json(rs: RecordingSet, directory: str | os.PathLike,
             d["start_utc"] = ns_to_iso(n.start_utc_ns, digits=9)
         if n.position_sigma_m is not None:
             d["position_sigma_m"] = n.position_sigma_m
+        if n.detector is not None:
+            d["detector"] = {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in dataclasses.asdict(n.detector).items()}
         nodes.append(d)
     out["nodes"] = nodes
     if rs.arrivals:

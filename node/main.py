@@ -188,7 +188,7 @@ def main(argv: list[str]) -> int:
         from node.recorder import Recorder
 
         recorder = Recorder(args.record, cfg.id, cfg.audio.sample_rate, cfg.audio.mic_channel,
-                            timebase.to_utc_ns, services.position)
+                            timebase.to_utc_ns, services.position, detector=cfg.detector)
     runner = NodeRunner(cfg, source, timebase, publisher, services.position, status=services.status,
                         tap=recorder.write if recorder else None)
     stop = threading.Event()

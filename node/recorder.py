@@ -13,7 +13,7 @@ import wave
 from pathlib import Path
 from typing import Callable
 
-from common.config import Position
+from common.config import DetectorConfig, Position
 from common.recording_set import RecordingSet, SetNode, write_set
 from common.timefmt import ns_to_iso
 from node.audio import AudioBlock
@@ -31,7 +31,7 @@ class Recorder:
 
     def __init__(self, directory: str | Path, node_id: str, sample_rate: int, channel: int,
                  to_utc_ns: Callable[[float], int], position: Callable[[], Position | None],
-                 max_s: float = 600.0) -> None:
+                 max_s: float = 600.0, detector: DetectorConfig | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id
@@ -40,6 +40,8 @@ class Recorder:
         self.to_utc_ns = to_utc_ns
         self.position = position
         self.max_frames = int(max_s * sample_rate)
+        #: the node's detector settings, written into each set.json for replay
+        self.detector = detector
         self._wav: wave.Wave_write | None = None
         self._path: Path | None = None
         self._first = 0
@@ -86,7 +88,7 @@ class Recorder:
         self._path.replace(wav_path)
         rs = RecordingSet(path=None, temperature_c=None, nodes=(SetNode(
             id=self.node_id, lat=pos.lat, lon=pos.lon, alt=pos.alt, wav=wav_path,
-            start_utc_ns=self.to_utc_ns(self._first)),))
+            start_utc_ns=self.to_utc_ns(self._first), detector=self.detector),))
         write_set(piece_dir, rs)
         self.pieces.append(piece_dir)
         return piece_dir

@@ -160,18 +160,19 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
     if m == "picks":
         events = pick_events(rs)
     else:
-        dcfg = detector_cfg or DetectorConfig()
         nodes = [n for n in rs.nodes if n.wav is not None]
+        # the given settings, else those each node recorded with, else the defaults
+        dcfgs = [detector_cfg or n.detector or DetectorConfig() for n in nodes]
         events = []
         workers = workers if workers is not None else min(len(nodes), os.cpu_count() or 1)
         if workers > 1 and len(nodes) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for k, evs in enumerate(pool.map(node_events_from_wav, nodes, [dcfg] * len(nodes))):
+                for k, evs in enumerate(pool.map(node_events_from_wav, nodes, dcfgs)):
                     events += evs
                     if progress:
                         progress(k + 1, len(nodes))
         else:
-            for k, n in enumerate(nodes):
+            for k, (n, dcfg) in enumerate(zip(nodes, dcfgs)):
                 events += node_events_from_wav(n, dcfg)
                 if progress:
                     progress(k + 1, len(nodes))
@@ -263,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and its temperature (the set's, then --temperature, win); its database, sockets and "
                         "keys are not used (default: the built-in defaults)")
     p.add_argument("--node-config", metavar="FILE.toml",
-                   help="a node's config: detect onsets in the WAVs with its [detector] settings, as that node "
-                        "would have (default: the built-in detector settings)")
+                   help="a node's config: detect onsets in every WAV with its [detector] settings (default: "
+                        "each node's settings as set.json records them, else the built-in ones)")
     p.add_argument("--temperature", type=float, help="air temperature in °C (overrides the set's)")
     p.add_argument("--model-sigma-ms", type=float, metavar="MS",
                    help="timing error the network's geometry adds to every arrival (node positions, paths "

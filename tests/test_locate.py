@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from common.acoustics import speed_of_sound
+from common.config import DetectorConfig
 from common.geodesy import LocalFrame
 from common.recording_set import RecordingSet, SetArrival, SetNode, write_set
 from node.wav_source import write_wav
@@ -321,6 +322,15 @@ def test_locate_detects_with_a_nodes_detector_settings(tmp_path, capsys):
     node_toml.write_text('[node]\nid = "node-01"\n[detector]\nmin_level_dbfs = 0.0\n')
     assert main([str(tmp_path / "set"), "--json", "--node-config", str(node_toml)]) == 0
     assert capsys.readouterr().out == ""
+    # nodes that recorded with such settings (set.json says so) are replayed with them ...
+    deaf = tuple(dataclasses.replace(n, detector=DetectorConfig(min_level_dbfs=0.0)) for n in nodes)
+    write_set(tmp_path / "deaf", RecordingSet(path=None, temperature_c=scen.temperature_c, nodes=deaf))
+    assert main([str(tmp_path / "deaf"), "--json"]) == 0
+    assert capsys.readouterr().out == ""
+    # ... unless --node-config says otherwise
+    node_toml.write_text('[node]\nid = "node-01"\n')
+    assert main([str(tmp_path / "deaf"), "--json", "--node-config", str(node_toml)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_locate_says_what_is_wrong_with_a_config(tmp_path, capsys):

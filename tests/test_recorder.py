@@ -29,7 +29,21 @@ def test_recorder_writes_replayable_sets(tmp_path):
     (node,) = rs.nodes
     assert node.id == "pole-7" and abs(node.lat - 40.1) < 1e-9
     assert node.start_utc_ns == T0 + 10**9            # the second piece starts 1 s in
+    assert node.detector is None                      # not told the node's detector settings
     y, fs = read_wav(node.wav)
     assert fs == 12_000 and y.shape == (12_000, 1)
     assert np.max(np.abs(y[:, 0] - x[12_000:24_000])) < 1 / 32767 + 1e-6
     assert load_set(rec.pieces[3]).nodes[0].start_utc_ns == tb.to_utc_ns(x.size + 5000)
+
+
+def test_recorded_sets_carry_the_nodes_detector_settings(tmp_path):
+    """A replay of the recording detects onsets as the node did (docs/recording-set.md)."""
+    from common.config import DetectorConfig
+
+    det = DetectorConfig(band_hz=(400.0, 3000.0), trigger_ratio=8.0)
+    tb = FixedTimebase(T0, 12_000)
+    rec = Recorder(tmp_path, "pole-7", 12_000, 0, tb.to_utc_ns, lambda: Position(40.1, -79.9, 250.0),
+                   detector=det)
+    rec.write(AudioBlock(samples=np.zeros((1200, 1), dtype=np.float32), first_frame=0))
+    (node,) = load_set(rec.close_piece()).nodes
+    assert node.detector == det

@@ -20,6 +20,7 @@ from common.recording_set import (
     load_set,
     write_set,
 )
+from common.config import DetectorConfig
 from common.timefmt import iso_to_ns
 from node.wav_source import write_wav
 
@@ -86,7 +87,8 @@ def test_round_trip(tmp_path):
     rs = RecordingSet(
         path=None,
         temperature_c=None,
-        nodes=[SetNode("n1", 40.1234567890123, -79.98765432101234, 301.25, wav, 1_545_180_566_000_000_001, 0.03),
+        nodes=[SetNode("n1", 40.1234567890123, -79.98765432101234, 301.25, wav, 1_545_180_566_000_000_001, 0.03,
+                       detector=DetectorConfig(band_hz=(250.0, 4000.0), trigger_ratio=9.5, lookback_s=0.0)),
                SetNode("n2", -33.5, 151.25, -12.0)],
         arrivals=[SetArrival("n1", 1_545_180_567_467_000_123, 4.33317, "u1"),
                   SetArrival("n2", 1_545_180_567_469_999_999)],
@@ -149,6 +151,10 @@ def _mutations():
         ("wind without speed", del_(["wind", "speed_mps"]), "wind.speed_mps"),
         ("nodes not a list", set_(["nodes"], {"id": "a"}), "nodes"),
         ("arrivals not a list", set_(["arrivals"], {}), "arrivals"),
+        ("detector not an object", set_(["nodes", 0, "detector"], 12), "nodes[0].detector"),
+        ("detector unknown key", set_(["nodes", 0, "detector"], {"trigger_ratioo": 5}), "nodes[0].detector"),
+        ("detector wrong type", set_(["nodes", 0, "detector"], {"trigger_ratio": "high"}),
+         "nodes[0].detector.trigger_ratio"),
     ]
 
 
