@@ -844,8 +844,8 @@ class Associator:
         that of the seed's node, the seed and the nodes with an arrival within
         the extension tolerance of the cell's prediction (and within r) are at
         least ``min_fraction`` of all the nodes within r. The refined shot is a
-        solve away from the cell: ``PLAUSIBLE_SLACK_M`` on every distance, in
-        its favour. Most searches of a busy network start from sounds that one
+        solve away from the cell: ``PLAUSIBLE_SLACK_M`` on every distance and
+        on the prediction (2 × that / c on the tolerance), in its favour. Most searches of a busy network start from sounds that one
         node heard alone; the line-ups of other sounds they find span nodes that
         heard nothing, and are dropped here rather than refined (several solves
         each) into candidates :meth:`_enough_nodes` would refuse."""
