@@ -39,7 +39,9 @@ sounds (:meth:`Associator._chance`, at most ``max_chance``; a seed that fails on
 this, within ``review_max_chance``, is noted — :meth:`Associator.came_close` —
 and the engine's review associator searches from it among the put-aside
 arrivals for a candidate to show a person); if most nodes closer
-than the furthest node that heard it heard it too (``min_fraction``); if it fits
+than the furthest node that heard it heard it too (``min_fraction``; a fine-grid
+cell from which no such shot could come is not refined at all,
+:meth:`Associator._plausible` — most searches in a busy network end there); if it fits
 about as well as the network's shots do (:meth:`Associator._consistent`); and if
 it is not an echo of a shot already formed: echoes off a wall are consistent with
 a "ghost" source at the mirror image of the shooter that fires at the same
