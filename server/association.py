@@ -847,10 +847,11 @@ class Associator:
         the extension tolerance of the cell's prediction (and within r) are at
         least ``min_fraction`` of all the nodes within r. The refined shot is a
         solve away from the cell: ``PLAUSIBLE_SLACK_M`` on every distance and
-        on the prediction (2 × that / c on the tolerance), in its favour. Most searches of a busy network start from sounds that one
-        node heard alone; the line-ups of other sounds they find span nodes that
-        heard nothing, and are dropped here rather than refined (several solves
-        each) into candidates :meth:`_enough_nodes` would refuse."""
+        on the prediction (2 × that / c on the tolerance), in its favour. Most
+        searches of a busy network start from sounds that one node heard alone;
+        the line-ups of other sounds they find span nodes that heard nothing,
+        and are dropped here rather than refined (several solves each) into
+        candidates :meth:`_enough_nodes` would refuse."""
         f = self.cfg.min_fraction
         if f <= 0.0:
             return True
@@ -858,13 +859,8 @@ class Associator:
             self._node_xy = np.array([q[:2] for q in self._nodes.values()], dtype=float)
         slack = PLAUSIBLE_SLACK_M
         tol = self._extend_tolerance() + 2.0 * slack / c
-        d_seed = float(np.linalg.norm(seed.pos - p))
-        d_fit = []
-        for arr in cands.values():
-            q = arr[0].pos
-            pred = (float(np.linalg.norm(q - p)) - d_seed) / c
-            if any(abs((a.t_ns - seed.t_ns) * 1e-9 - pred) <= tol for a in arr):
-                d_fit.append(float(np.hypot(q[0] - p[0], q[1] - p[1])))
+        t0 = -float(np.linalg.norm(seed.pos - p)) / c
+        d_fit = [float(np.hypot(a.pos[0] - p[0], a.pos[1] - p[1])) for a in self._pick(seed, cands, p, t0, c, tol)]
         if len(d_fit) + 1 < self.cfg.min_nodes:
             return False
         d_all = np.sort(np.hypot(self._node_xy[:, 0] - p[0], self._node_xy[:, 1] - p[1]))
