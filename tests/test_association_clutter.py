@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.bench_association import lattice
 from common.config import AssociationConfig
 from server.association import Arrival, Associator
 
@@ -18,18 +19,12 @@ C = 343.0
 REF = 1_700_000_000 * 10**9
 
 
-def _lattice(n: int, spacing_m: float) -> np.ndarray:
-    cols = int(np.ceil(np.sqrt(n)))
-    k = np.arange(n)
-    return np.column_stack([(k % cols) * spacing_m, (k // cols) * spacing_m, np.full(n, 5.0)])
-
-
 def _busy(seed: int, n_nodes: int = 12, clutter_per_s: float = 0.4, span_s: float = 16.0,
           shots: int = 3, heard_m: float = 1200.0) -> tuple[list[tuple[np.ndarray, float]], list[Arrival]]:
     """Shots at random places, each heard by the nodes within ``heard_m``, and
     ``clutter_per_s`` sounds per node per second that node alone hears."""
     rng = np.random.default_rng(seed)
-    nodes = _lattice(n_nodes, 400.0)
+    nodes = lattice(n_nodes, 400.0)
     lo, hi = nodes[:, :2].min(axis=0), nodes[:, :2].max(axis=0)
     truth, arrivals, key = [], [], 0
     for k in range(shots):
@@ -96,7 +91,7 @@ def test_dropping_implausible_line_ups_early_changes_no_decision(seed):
 
 
 def test_a_line_up_across_silent_nodes_is_not_plausible_but_a_shot_is():
-    nodes = _lattice(16, 400.0)                      # 4 × 4, 1.2 km square
+    nodes = lattice(16, 400.0)                      # 4 × 4, 1.2 km square
     assoc = Associator(AssociationConfig(), C, z_source=1.5, model_sigma_s=5e-4)
     for i, r in enumerate(nodes):
         assoc.add_node(f"n{i}", r)
