@@ -7,8 +7,8 @@ Run from the project root:
         [--model-sigma-ms 0.1] [--seed 0]
 
 Fireworks-like load: sources at random places inside a square lattice of nodes
-(150 m spacing unless ``--spacing-m``), emitted at ``--rate`` sources per second of stream time; every
-node within ``--hearing-m`` hears each source at t0 + d/c + N(0, 50 µs). The
+(150 m spacing unless ``--spacing-m``), emitted at ``--rate`` sources per
+second of stream time; every node within ``--hearing-m`` hears each source at t0 + d/c + N(0, 50 µs). The
 arrivals are fed in time order to ``server.association.Associator`` (which runs
 the solver on every candidate), stepping with a watermark 0.1 s behind the
 stream. Prints, per lattice: arrivals, shots found / sources, wall time,
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     default_range = AssociationConfig().hearing_range_m
     rng_name = f"{args.range_m:.0f} m" if args.range_m is not None else f"{default_range:.0f} m (default)"
     print(f"association throughput: lattice spacing {args.spacing_m:.0f} m, heard within {args.hearing_m:.0f} m, "
-          f"{args.rate:g} sources/s, hearing_range_m {rng_name}, clutter {args.clutter:g} sounds/s per node, model σ {args.model_sigma_ms:g} ms")
+          f"{args.rate:g} sources/s, hearing_range_m {rng_name}, clutter {args.clutter:g} sounds/s per node, "
+          f"model σ {args.model_sigma_ms:g} ms")
     print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9} "
           f"{'× real time':>11}")
     for n in (int(x) for x in args.nodes.split(",") if x.strip()):
