@@ -783,9 +783,9 @@ class Associator:
             dd = grid.distances(node, pos[node]) - d0
             pred = dd / c
             tol = base + np.abs(dd) * dc if dc > 0 else base
-            w = _soft_hits(times, pred, tol)
-            score += w
-            hits += w > 0
+            fit, w = _soft_hits(times, pred, tol)
+            score[fit] += w
+            hits[fit] += 1.0
         need = cfg.min_nodes - 0.5
         score[hits < need] = 0.0
         if score.max() <= 0.0:
@@ -808,19 +808,27 @@ class Associator:
         out: list[tuple[np.ndarray, float]] = []
         nodes = list(rel)
         npos = np.array([pos[n] for n in nodes])
+        # every candidate arrival, node by node (each node's in time order)
+        flat_t = np.concatenate([rel[n] for n in nodes])
+        flat_i = np.repeat(np.arange(len(nodes)), [len(rel[n]) for n in nodes])
         reach = ftol + 2.0 * h * math.sqrt(2.0) / self.c
         for p in picked:
             # per node, only the arrivals the fine grid around p can reach
             dd_p = _norm_rows(npos - p) - float(np.linalg.norm(seed.pos - p))
             win = reach + np.abs(dd_p) * dc
-            sel = [rel[n][np.abs(rel[n] - dd_p[i] / c) <= win[i]] for i, n in enumerate(nodes)]
-            kmax = max(1, max(len(x) for x in sel))
-            times = np.full((len(nodes), kmax), np.inf)
-            for i, x in enumerate(sel):
-                times[i, :len(x)] = x
+            idx = np.flatnonzero(np.abs(flat_t - dd_p[flat_i] / c) <= win[flat_i])
+            ni = flat_i[idx]
+            counts = np.bincount(ni, minlength=len(nodes))
+            # a node with nothing in reach adds nothing to any cell: leave it out
+            live = np.flatnonzero(counts)
+            if len(live) + 1 < need:
+                continue                    # no cell can fit enough nodes
+            # (live nodes, most arrivals in reach) s, padded with inf
+            times = np.full((len(live), int(counts.max())), np.inf)
+            times[np.searchsorted(live, ni), np.arange(len(ni)) - np.searchsorted(ni, ni)] = flat_t[idx]
             cells = np.column_stack([p[0] + ox.ravel(), p[1] + oy.ravel(), np.full(ox.size, grid.z)])
             dist0 = _norm_rows(cells - seed.pos)
-            diff = cells[:, None, :] - npos[None, :, :]
+            diff = cells[:, None, :] - npos[live][None, :, :]
             dd = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)) - dist0[:, None]      # (cells, nodes)
             best_s, best = -1.0, (p, c)
             for cc in self.c_candidates:
@@ -1350,9 +1358,11 @@ class Associator:
         return False
 
 
-def _soft_hits(times: np.ndarray, pred: np.ndarray, tol: np.ndarray | float) -> np.ndarray:
-    """Per cell, how well the nearest of ``times`` (sorted, s) fits ``pred``: 1 for
-    an exact fit, falling to 0 at ``tol``."""
+def _soft_hits(times: np.ndarray, pred: np.ndarray, tol: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The cells that the nearest of ``times`` (sorted, s) fits within ``tol`` of
+    their prediction ``pred`` (per cell, s), as indices into ``pred``, and how
+    well: 1 for an exact fit, falling towards 0 at ``tol`` (every weight returned
+    is > 0). Most cells fit nothing; only the few that do are returned."""
     if times.size == 1:
         near = np.abs(pred - times[0])
     elif times.size <= 8:
@@ -1364,7 +1374,9 @@ def _soft_hits(times: np.ndarray, pred: np.ndarray, tol: np.ndarray | float) -> 
         lo = np.abs(times[np.maximum(idx - 1, 0)] - pred)
         hi = np.abs(times[np.minimum(idx, len(times) - 1)] - pred)
         near = np.minimum(lo, hi)
-    return np.sqrt(np.clip(1.0 - near / tol, 0.0, None))
+    r = np.divide(near, tol, out=near)
+    fit = np.flatnonzero(r < 1.0)
+    return fit, np.sqrt(1.0 - r[fit])
 
 
 def _norm_rows(x: np.ndarray) -> np.ndarray:
