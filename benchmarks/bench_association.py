@@ -4,7 +4,7 @@ Run from the project root:
 
     python benchmarks/bench_association.py [--nodes 8,100,1000] [--sources N]
         [--rate R] [--hearing-m 400] [--range-m M] [--spacing-m 150] [--clutter R]
-        [--model-sigma-ms 0.1] [--seed 0]
+        [--model-sigma-ms 0.1] [--engine] [--seed 0]
 
 Fireworks-like load: sources at random places inside a square lattice of nodes
 (150 m spacing unless ``--spacing-m``), emitted at ``--rate`` sources per
@@ -17,7 +17,16 @@ the association decides per wall second ("× real time": below 1 a live server
 falls behind). ``--range-m`` sets ``AssociationConfig.hearing_range_m``
 (default: the configuration's default). ``--clutter R`` adds, at every node,
 R sounds per second that only that node hears (doors, dogs, traffic: what a
-street node's detector picks besides shots), at random times.
+street node's detector picks besides shots), at random times. ``--engine``
+runs the whole server core instead of the associator alone
+(``server.engine.Engine``, in memory: association, the review search among
+put-aside sounds, the final solve with cross-correlated snippets, incidents),
+fed the same arrivals as events (one synthetic 30 ms impulse snippet each) in
+0.1 s batches, deciding after each, with a heartbeat from every node every
+0.5 s of stream (a node's rate after it has heard something): what a live
+server spends, without its sockets and store. It goes on stepping after the
+last sound until everything is decided ("shots decided live": the shots found
+that way, before the end-of-stream ``finish``).
 
 What to look for: the time per event should not grow with the number of nodes
 once the lattice is wider than the hearing range. Clutter is what a busy
@@ -42,11 +51,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.acoustics import speed_of_sound  # noqa: E402
-from common.config import AssociationConfig, SolverConfig  # noqa: E402
+from common.config import AssociationConfig, PublisherConfig, ServerConfig, SolverConfig  # noqa: E402
+from common.geodesy import LocalFrame  # noqa: E402
+from common.protocol import Event, Heartbeat  # noqa: E402
 from server.association import Arrival, Associator  # noqa: E402
+from server.engine import Engine  # noqa: E402
 
 SPACING_M = 150.0
 SIGMA_S = 50e-6
+#: where the lattice's ENU origin lies (``--engine``: the events carry WGS84)
+FRAME = LocalFrame(40.44, -79.99, 250.0)
+FS = 48_000
+#: ``--engine``: how long the nodes go on reporting after the last sound, at most
+TAIL_NS = 60_000_000_000
+#: a 30 ms snippet at ``FS``: 5 ms of silence, then an impulse decaying over 1 ms (int16)
+SNIPPET = np.where(np.arange(1440) >= 240, np.exp(-(np.arange(1440) - 240) / 48.0) * 20_000, 0).astype(np.int16)
 
 
 def lattice(n: int, spacing_m: float = SPACING_M) -> np.ndarray:
@@ -99,11 +118,70 @@ def run(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: fl
         assoc.add(Arrival(key=k + 1, node=f"n{i}", t_ns=t_ns, sigma_s=SIGMA_S, pos=nodes[i]))
     shots += len(assoc.step(None)[0])
     wall = time.perf_counter() - t_start
+    return _result(n_nodes, arr, n_sources, shots, wall)
+
+
+def _result(n_nodes: int, arr: list[tuple[int, int]], n_sources: int, shots: int, wall: float) -> dict[str, float]:
     stream_s = (arr[-1][0] - arr[0][0]) * 1e-9 if arr else 0.0
     return {"nodes": n_nodes, "arrivals": len(arr), "sources": n_sources, "shots": shots, "wall_s": wall,
             "events_per_s": len(arr) / wall if wall > 0 else float("nan"),
             "ms_per_event": 1e3 * wall / max(len(arr), 1),
             "realtime": stream_s / wall if wall > 0 else float("nan")}
+
+
+def run_engine(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: float | None,
+               seed: int, clutter: float = 0.0, spacing_m: float = SPACING_M,
+               model_sigma_s: float = 1e-4) -> dict[str, float]:
+    """:func:`run` through the whole ``Engine`` (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    temperature_c = 15.0
+    c = speed_of_sound(temperature_c)
+    nodes = lattice(n_nodes, spacing_m)
+    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, rng, clutter)
+    assoc_cfg = AssociationConfig() if range_m is None else replace(AssociationConfig(), hearing_range_m=range_m)
+    cfg = ServerConfig(database=":memory:", allow_plaintext=True, max_clock_skew_s=0.0,
+                       temperature_c=temperature_c, association=assoc_cfg,
+                       solver=replace(SolverConfig(), model_sigma_s=model_sigma_s))
+    wgs = [tuple(float(v) for v in FRAME.to_wgs84(p)) for p in nodes]
+    ids = [f"n{i}" for i in range(n_nodes)]
+    seqs = [0] * n_nodes
+    step_ns = 100_000_000
+    beat_ns = int(PublisherConfig().active_heartbeat_s * 1e9)
+    t_start = time.perf_counter()
+    eng = Engine(cfg, store=None)
+    shots = 0
+    k = 0
+    t = next_beat = arr[0][0] if arr else 0
+    # after the last sound the nodes go on reporting, as live, until all is decided
+    end_ns = (arr[-1][0] if arr else 0) + TAIL_NS
+
+    def undecided() -> int:
+        return eng.assoc.pending + (eng.review.pending if eng.review is not None else 0)
+
+    while k < len(arr) or (undecided() and t < end_ns):
+        t += step_ns
+        batch = []
+        while k < len(arr) and arr[k][0] <= t:
+            t_ns, i = arr[k]
+            seqs[i] += 1
+            batch.append(Event(node_id=ids[i], seq=seqs[i], t_utc_ns=t_ns, sigma_ns=SIGMA_S * 1e9,
+                               sample_rate_hz=float(FS), peak_dbfs=-6.0, snr_db=40.0,
+                               snippet_t0_ns=t_ns - 5_000_000, snippet=SNIPPET,
+                               lat=wgs[i][0], lon=wgs[i][1], alt=wgs[i][2]))
+            k += 1
+        if batch:
+            eng.ingest_events(batch, received_ns=t)
+        for i in range(n_nodes if t >= next_beat else 0):
+            eng.ingest_heartbeat(Heartbeat(node_id=ids[i], seq=0, t_utc_ns=t, stream_utc_ns=t, lat=wgs[i][0],
+                                           lon=wgs[i][1], alt=wgs[i][2], version="bench", status={}),
+                                 received_ns=t)
+        if t >= next_beat:
+            next_beat = t + beat_ns
+        shots += len(eng.advance(now_ns=t))
+    live = shots
+    shots += len(eng.finish())
+    wall = time.perf_counter() - t_start
+    return {**_result(n_nodes, arr, n_sources, shots, wall), "live_shots": live}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-sigma-ms", type=float, default=0.1,
                     help="the association's model timing error (ms, default 0.1; the server's default "
                          f"[solver] model_sigma_s is {SolverConfig().model_sigma_s * 1e3:g})")
+    ap.add_argument("--engine", action="store_true",
+                    help="run the whole server core (server.engine.Engine), not the associator alone")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if not (args.clutter >= 0 and args.model_sigma_ms >= 0 and args.rate > 0 and args.sources > 0
@@ -128,16 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--clutter and --model-sigma-ms must be >= 0; --rate, --sources and --spacing-m > 0")
     default_range = AssociationConfig().hearing_range_m
     rng_name = f"{args.range_m:.0f} m" if args.range_m is not None else f"{default_range:.0f} m (default)"
-    print(f"association throughput: lattice spacing {args.spacing_m:.0f} m, heard within {args.hearing_m:.0f} m, "
+    what = "engine (association, review, final solve, incidents)" if args.engine else "association"
+    print(f"{what} throughput: lattice spacing {args.spacing_m:.0f} m, heard within {args.hearing_m:.0f} m, "
           f"{args.rate:g} sources/s, hearing_range_m {rng_name}, clutter {args.clutter:g} sounds/s per node, "
           f"model σ {args.model_sigma_ms:g} ms")
     print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9} "
-          f"{'× real time':>11}")
+          f"{'× real time':>11}" + (f" {'shots decided live':>18}" if args.engine else ""))
     for n in (int(x) for x in args.nodes.split(",") if x.strip()):
-        r = run(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed, args.clutter, args.spacing_m,
-                args.model_sigma_ms * 1e-3)
+        bench = run_engine if args.engine else run
+        r = bench(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed, args.clutter, args.spacing_m,
+                  args.model_sigma_ms * 1e-3)
         print(f"{r['nodes']:>6} {r['arrivals']:>8} {r['sources']:>7} {r['shots']:>6} {r['wall_s']:>7.2f} "
-              f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f} {r['realtime']:>11.2f}", flush=True)
+              f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f} {r['realtime']:>11.2f}"
+              + (f" {r['live_shots']:>18}" if args.engine else ""), flush=True)
     return 0
 
 

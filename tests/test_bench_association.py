@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.bench_association import arrivals_for, lattice, run
+from benchmarks.bench_association import arrivals_for, lattice, run, run_engine
 
 
 def test_clutter_adds_node_local_sounds_at_the_given_rate_over_the_sources_time():
@@ -29,4 +29,13 @@ def test_clutter_is_not_made_into_shots():
     r = run(8, 4, 1.0, 1000.0, None, seed=2, clutter=1.0, spacing_m=300.0)
     assert r["arrivals"] > 8 * 4                   # clutter came with the sources
     assert r["shots"] == r["sources"] == 4
+    assert r["realtime"] > 0 and r["ms_per_event"] > 0
+
+
+def test_the_whole_engine_locates_every_source_among_the_clutter_and_no_clutter():
+    # the same load as above, through Engine: events, heartbeats, watermark, review, final solve
+    r = run_engine(8, 4, 1.0, 1000.0, None, seed=2, clutter=1.0, spacing_m=300.0)
+    assert r["arrivals"] > 8 * 4
+    assert r["shots"] == r["sources"] == 4
+    assert r["live_shots"] == 4                    # decided as the watermark moved, none left to finish()
     assert r["realtime"] > 0 and r["ms_per_event"] > 0
