@@ -59,6 +59,12 @@ class SimAudioSource:
             self._started = True
             self._t0_mono_ns = time.monotonic_ns()
 
+    @property
+    def started_mono_ns(self) -> int | None:
+        """Monotonic clock (ns) at :meth:`start` — with ``realtime``, when frame 0
+        was due — or None before it."""
+        return self._t0_mono_ns if self._started else None
+
     def read(self, timeout_s: float) -> AudioBlock | None:
         """The next block: (n, 1) float32; None if (realtime) it is not due within
         ``timeout_s`` (None: wait as long as it takes).

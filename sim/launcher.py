@@ -28,7 +28,7 @@ from server.net import IngestServer
 from server.store import Store
 from sim.adapters import SimAudioSource
 from sim.render import NodeRenderer
-from sim.report import SimScore, report_json, score, to_local
+from sim.report import SimScore, alert_latencies_s, report_json, score, to_local
 from sim.world import Scenario, Town, clock_offsets_ns, make_scenario, make_town
 
 log = logging.getLogger("earwitness.sim")
@@ -63,6 +63,10 @@ class SimResult:
     server_counters: dict
     #: Line-ups the server offered for review instead (never shots).
     candidates: tuple[CandidateReport, ...] = ()
+    #: With ``realtime``: per located round, seconds from the shot being fired to
+    #: its report being published (empty otherwise: then the nodes run faster
+    #: than the world, and there is no such time).
+    latency_s: tuple[float, ...] = ()
 
     def report(self) -> dict:
         truth = [{"lat": t.lat, "lon": t.lon, "t_ns": t.t_emit_utc_ns, "incident": t.incident_id,
@@ -70,6 +74,11 @@ class SimResult:
         doc = report_json(truth, [r.to_json() for r in self.reports], self.score)
         doc["summary"]["wall_s"] = round(self.wall_s, 2)
         doc["candidates"] = [c.to_json() for c in self.candidates]
+        if self.latency_s:
+            lat = np.array(self.latency_s)
+            doc["summary"]["alert_latency_s"] = {"p50": round(float(np.median(lat)), 2),
+                                                 "p90": round(float(np.percentile(lat, 90)), 2),
+                                                 "max": round(float(lat.max()), 2)}
         return doc
 
     @property
@@ -98,7 +107,14 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
                                      expected_nodes=town.node_ids)
     store = Store(cfg.database)
     engine = Engine(cfg, store)
-    server = IngestServer(cfg, engine, on_shot=on_shot)
+    published: dict[int, int] = {}        # id(report) → monotonic ns when published
+
+    def shot_out(rep: ShotReport) -> None:
+        published[id(rep)] = time.monotonic_ns()
+        if on_shot is not None:
+            on_shot(rep)
+
+    server = IngestServer(cfg, engine, on_shot=shot_out)
     stop_server = threading.Event()
     server_thread = threading.Thread(target=server.run, args=(stop_server,), name="server", daemon=True)
     server_thread.start()
@@ -106,6 +122,7 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
     offsets = clock_offsets_ns(town.n_nodes, opts.clock_sigma_ns, seed=opts.seed)
     lat, lon, alt = town.node_wgs84()
     runners: list[threading.Thread] = []
+    sources: list[SimAudioSource] = []
     node_errors: list[BaseException] = []
     stop_nodes = threading.Event()
     for i, node_id in enumerate(town.node_ids):
@@ -118,6 +135,7 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
         )
         renderer = NodeRenderer(scen, town, i, SAMPLE_RATE, seed=opts.seed)
         source = SimAudioSource(renderer, scen.duration_s, blocksize=opts.blocksize, realtime=opts.realtime)
+        sources.append(source)
         tb = FixedTimebase(scen.start_utc_ns, SAMPLE_RATE, offset_ns=int(offsets[i]),
                            sigma_ns=NODE_TIMING_SIGMA_NS, mode="simulated")
         pub = Publisher(node_id, server.bound, Outbox(None), ncfg.publisher)
@@ -160,8 +178,14 @@ def run_sim(opts: SimOptions, *, on_shot=None, server_cfg: ServerConfig | None =
     sc = score(np.array([t.t_emit_utc_ns for t in gun]), t_xy,
                np.array([r.t_utc_ns for r in reports]), e_xy)
     counters = dict(server.counters, **engine.counters)
+    started = [s.started_mono_ns for s in sources if s.started_mono_ns is not None]
+    latency = ()
+    if opts.realtime and started:
+        # the world's clock: the first node's audio began when frame 0 was due
+        latency = alert_latencies_s(sc, [t.t_emit_utc_ns for t in gun], [published[id(r)] for r in reports],
+                                    scen.start_utc_ns, min(started))
     return SimResult(town, scen, reports, sc, time.perf_counter() - t_start, counters,
-                     tuple(sorted(server.candidates, key=lambda c: c.t_utc_ns)))
+                     tuple(sorted(server.candidates, key=lambda c: c.t_utc_ns)), latency)
 
 
 def plot_result(res: SimResult, path: str | Path) -> Path:
@@ -191,4 +215,6 @@ def format_summary(res: SimResult) -> str:
             f"{res.server_counters.get('events', 0)} events from {res.town.n_nodes} nodes, "
             f"{res.server_counters.get('unassociated', 0)} not part of a shot"
             + (f", {n} candidate(s) for review" if (n := res.server_counters.get('candidates', 0)) else "")
+            + (f"; alert latency (shot fired → published) p50 {np.median(res.latency_s):.1f} s, "
+               f"max {max(res.latency_s):.1f} s" if res.latency_s else "")
             + f"; {res.wall_s:.1f} s")

@@ -99,6 +99,25 @@ def report_json(truth: list[dict], estimates: list[dict], sc: SimScore) -> dict:
     }
 
 
+def alert_latencies_s(sc: SimScore, truth_t_ns, published_mono_ns, start_utc_ns: int,
+                      start_mono_ns: int) -> tuple[float, ...]:
+    """Per located true round (in ``sc.matches`` order), the seconds from the shot
+    being fired to its report being published, in a run paced in real time.
+
+    truth_t_ns: (n,) emission times (UTC ns); published_mono_ns: (m,) monotonic
+    clock (ns) at which each estimate (same order as scored) was published;
+    the simulated audio's frame 0 (UTC ``start_utc_ns``) was due at monotonic
+    ``start_mono_ns``, so a round emitted at UTC t was fired at monotonic
+    ``start_mono_ns + (t − start_utc_ns)``."""
+    out = []
+    for m in sc.matches:
+        if m.estimate_index is None:
+            continue
+        fired = start_mono_ns + (int(truth_t_ns[m.truth_index]) - start_utc_ns)
+        out.append((int(published_mono_ns[m.estimate_index]) - fired) / 1e9)
+    return tuple(out)
+
+
 def to_local(frame: LocalFrame, lat, lon) -> np.ndarray:
     """(lat, lon) arrays → (n, 2) m in ``frame``."""
     lat = np.atleast_1d(np.asarray(lat, dtype=float))

@@ -42,6 +42,29 @@ def test_simulated_network_locates_every_round(nodes):
     assert res.server_counters["candidates"] == len(res.candidates)
     assert ("for review" in format_summary(res)) == bool(res.candidates)
     assert [c["candidate"] for c in doc["candidates"]] == [c.candidate_id for c in res.candidates]
+    # faster than real time there is no world clock to measure an alert's latency against
+    assert res.latency_s == () and "latency" not in format_summary(res)
+    assert "alert_latency_s" not in doc["summary"]
+
+
+@pytest.mark.slow
+def test_real_time_run_measures_each_rounds_alert_latency():
+    # 2 shots in 8.8 s of audio, paced as in the field. Both are decided when
+    # the stream ends (a round waits ~8 s of watermark after its last arrival
+    # for a burst's later rounds and the widest spread of one shot's sounds),
+    # so each report comes about (end of audio − its emission) after the shot.
+    opts = SimOptions(nodes=5, shots=2, seed=3, realtime=True, burst=False, local_sounds=False, size_m=600.0)
+    res = run_sim(opts)
+    s = res.score
+    assert s.located == s.total == 2 and s.false_shots == 0
+    assert len(res.latency_s) == 2
+    start, dur = res.scenario.start_utc_ns, res.scenario.duration_s
+    located = [m for m in s.matches if m.estimate_index is not None]
+    for m, lat in zip(located, res.latency_s):
+        left = dur - (res.gunshots[m.truth_index].t_emit_utc_ns - start) / 1e9
+        assert left - 0.5 < lat < left + 5.0
+    assert "alert latency (shot fired → published) p50" in format_summary(res)
+    assert res.report()["summary"]["alert_latency_s"]["max"] == round(max(res.latency_s), 2)
 
 
 @pytest.mark.slow

@@ -305,8 +305,12 @@ def test_sim_audio_source_default_duration_is_the_scenario(world):
 def test_sim_audio_source_realtime_pacing():
     sc = Scenario((), T0, 1.0)
     src = SimAudioSource(NodeRenderer(sc, one_node_town(), 0), duration_s=0.3, blocksize=4800, realtime=True)
+    assert src.started_mono_ns is None
+    before = time.monotonic_ns()
     src.start()
     t0 = time.monotonic()
+    # frame 0 was due at start: the world's clock for latencies (sim.launcher)
+    assert before <= src.started_mono_ns <= time.monotonic_ns()
     assert src.read(0.0) is None                  # the first block is not due yet
     blocks = []
     while True:
