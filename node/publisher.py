@@ -238,10 +238,17 @@ class Publisher:
             elif event & _HANDSHAKE_FAILED:
                 self.stats["handshakes_refused"] += 1
                 if not self._refused:
-                    why = ("this node's key is not enrolled or was revoked (`earwitness keys list` on "
-                           "the server), or server_public_key is wrong" if self._curve else
-                           "the server requires CURVE: add the [security] keys from "
-                           "`earwitness keys enroll`")
+                    if not self._curve:
+                        why = "the server requires CURVE: add the [security] keys from `earwitness keys enroll`"
+                    elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                        why = "this node's key is not enrolled or was revoked (`earwitness keys list` on the server)"
+                    else:
+                        # a server that cannot open the client's hello closes the connection
+                        # without a reason, as does anything else between the two
+                        why = ("the connection was dropped during the handshake: server_public_key is not "
+                               "the server's (the public key in its key directory's server.key), or "
+                               "something between this node and the server (a proxy, a firewall) closes "
+                               "connections")
                     log.error("the server at %s refused the connection: %s; retrying with back-off",
                               self.endpoint, why)
                 self._refused = True

@@ -201,3 +201,33 @@ def test_make_server_needs_keys_or_explicit_plaintext(tmp_path, keydir):
     server, security = make_server(ServerConfig(**base, allow_plaintext=True))
     assert security is None and not server.router.curve_server
     server.close()
+
+
+def test_a_refused_node_says_which_key_is_wrong(tmp_path, keydir, ctx, caplog):
+    """An unenrolled key is refused by the server's authenticator (it says so); a wrong
+    server public key makes the server drop the connection without a reason. The
+    node's one log line tells the two apart."""
+    caplog.set_level(logging.ERROR, logger="earwitness")
+    server_pub = K.load_server_keys(keydir).public_key
+    with harness(tmp_path, security=secure_server_options(keydir)) as h:
+        pub, sec = (k.decode() for k in zmq.curve_keypair())
+        stranger = Node(ctx, "pole-09", h.endpoint, CurveClientKeys(pub, sec, server_pub))
+        a = K.enroll(keydir, "pole-01", "tcp://127.0.0.1:1")
+        other_server, _ = (k.decode() for k in zmq.curve_keypair())
+        misconfigured = Node(ctx, "pole-01", h.endpoint, CurveClientKeys(a.public_key, a.secret_key, other_server))
+        for n in (stranger, misconfigured):
+            n.send_event()
+
+        def said(text: str) -> bool:
+            stranger.pub.pump(20)
+            misconfigured.pub.pump(20)
+            return any(text in r.getMessage() for r in caplog.records)
+
+        assert wait_for(lambda: said("not enrolled or was revoked"))
+        assert wait_for(lambda: said("server_public_key is not the server's"))
+        lines = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+        assert len(lines) == 2                          # one line each, not one per retry
+        h.stop()
+        assert h.stored() == []
+        stranger.close()
+        misconfigured.close()
