@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -59,6 +59,15 @@ def onset_to_event(onset: Onset, *, node_id: str, seq: int, timebase: Timebase, 
         features={k: float(v) for k, v in onset.features.items()},
         degraded=bool(st.degraded),
     )
+
+
+def status_states(status: Mapping[str, Any]) -> frozenset:
+    """The states in a heartbeat status, as opposed to its measurements: every
+    flag and text (a problem, a mode, a detail) with its value, and which items
+    are missing (null). A node sends its whole status at once when these change;
+    levels, counters and metrics wait for the next periodic one (docs/protocol.md)."""
+    return frozenset((k, v) if v is None or isinstance(v, (bool, str)) else (k, "number")
+                     for k, v in status.items())
 
 
 def backoff_s(attempt: int, first_s: float = 1.0, max_s: float = 30.0) -> float:
@@ -109,6 +118,8 @@ class NodeRunner:
         self._clipped_recent = 0
         self._last_mark = 0
         self._outbox_problem = ""
+        self._status_sent_wall: float | None = None     # monotonic time of the last full status sent
+        self._status_states: frozenset | None = None    # its states (status_states)
 
     # ---------------------------------------------------------------- run
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -286,17 +297,24 @@ class NodeRunner:
             status.update(link())
         if self.status_fn is not None:
             status.update(self.status_fn())
+        now = time.monotonic()
+        states = status_states(status)
+        full = (final or self._status_sent_wall is None or states != self._status_states
+                or now - self._status_sent_wall >= self.cfg.publisher.status_s)
         hb = Heartbeat(node_id=self.cfg.id, seq=self._hb_seq, t_utc_ns=time.time_ns(),
                        stream_utc_ns=self.stream_watermark_ns(final),
                        lat=pos.lat if pos else 0.0, lon=pos.lon if pos else 0.0, alt=pos.alt if pos else 0.0,
-                       version=VERSION, status=status)
+                       version=VERSION, status=status if full else {})
         self._hb_seq += 1
         self._heartbeats += 1
         self.publisher.heartbeat(hb)
-        self._last_hb_wall = time.monotonic()
+        self._last_hb_wall = now
         self._last_hb_frame = self.detector.frames_seen
-        self._peak_recent = 0.0
-        self._clipped_recent = 0
+        if full:
+            self._status_sent_wall, self._status_states = now, states
+            # the peak and clipping reported cover the time since the last full status
+            self._peak_recent = 0.0
+            self._clipped_recent = 0
 
 
 def _restarted(old: Detector, cfg: NodeConfig, fs: float, first_frame: int) -> Detector:

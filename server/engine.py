@@ -13,7 +13,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -94,6 +94,8 @@ class Engine:
         #: True when the last budgeted :meth:`advance` left decidable events.
         self.behind = False
         self._seen: set[tuple[str, int]] = set()
+        #: per node, its last whole health status (a heartbeat's empty status: unchanged)
+        self._status: dict[str, Mapping[str, Any]] = {}
         self._started_ns = clock_ns()
         self.registry = NodeRegistry(cfg.association.stale_node_s)
         self._next_key = 1
@@ -107,6 +109,7 @@ class Engine:
             restart_ns = self.clock_ns()
             for n in store.nodes():
                 self._marks[n["node_id"]] = _NodeMark(int(n["stream_utc_ns"]), restart_ns)
+                self._status[n["node_id"]] = n["status"]
             # After a restart: the events stored (and acked) but not yet decided.
             # Events with an outcome are part of a shot already (or were put aside),
             # so they are not reloaded and no shot is formed twice.
@@ -184,6 +187,11 @@ class Engine:
 
     def ingest_heartbeat(self, hb: Heartbeat, received_ns: int | None = None) -> None:
         received_ns = self.clock_ns() if received_ns is None else received_ns
+        if hb.status:
+            self._status[hb.node_id] = hb.status
+        else:
+            # an empty status is "unchanged" (docs/protocol.md): the node's last whole one stands
+            hb = replace(hb, status=self._status.get(hb.node_id, {}))
         if "pos_sigma_h_m" in hb.status:
             # a node's survey reports its horizontal position error, radial (√(σe² + σn²)):
             # along one direction that is σh / √2; None while it has no survey (configured)

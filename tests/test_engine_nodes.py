@@ -57,3 +57,39 @@ def test_the_radius_of_a_shot_that_cannot_fit_the_wind_covers_an_unknown_wind():
     assert (windy.lat, windy.lon) == (still.lat, still.lon)
     assert still.error_m < 0.5
     assert 1.0 < windy.error_m < 10.0
+
+
+def test_an_empty_heartbeat_status_keeps_the_nodes_last_whole_status(tmp_path, caplog):
+    """Nodes send their whole status only now and then (docs/protocol.md): an empty
+    status is "unchanged" — for the position error, the node's problems, and what the
+    store keeps — and stays so across a server restart."""
+    import logging
+
+    from server.store import Store
+
+    db = str(tmp_path / "s.sqlite")
+    whole = {"pos_state": "surveying", "pos_sigma_h_m": 2.83, "gps_problem": "no fix"}
+    nodes = node_grid(9)
+    store = Store(db)
+    eng = Engine(ServerConfig(database=db, temperature_c=20.0, allow_plaintext=True), store)
+    with caplog.at_level(logging.INFO, logger="earwitness"):
+        for i, (n, p) in enumerate(nodes.items()):
+            eng.ingest_heartbeat(dataclasses.replace(heartbeat(n, p, T0, t_ns=T0, seq=0), status=whole), T0)
+            eng.ingest_heartbeat(heartbeat(n, p, T0 + 10**9, t_ns=T0 + 10**9, seq=1), T0 + 10**9)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("gps problem: no fix" in m for m in msgs) == 9 and not any("cleared" in m for m in msgs)
+    assert all(n["status"] == whole and n["stream_utc_ns"] == T0 + 10**9 for n in store.nodes())
+    assert set(eng.ingest_batch(shot_events(nodes, np.array([120.0, 80.0, 1.5]), T0 + 2 * 10**9, {}))) == {"new"}
+    (shot,) = eng.finish()
+    assert shot.error_m == pytest.approx(_located(whole))          # the surveying nodes' error still counts
+    store.close()
+    # restarted: the stored status stands until a node sends a whole one again
+    store = Store(db)
+    eng = Engine(ServerConfig(database=db, temperature_c=20.0, allow_plaintext=True), store)
+    n0, p0 = next(iter(nodes.items()))
+    eng.ingest_heartbeat(heartbeat(n0, p0, T0 + 3 * 10**9, t_ns=T0 + 3 * 10**9, seq=0), T0 + 3 * 10**9)
+    assert store.nodes()[0]["status"] == whole
+    eng.ingest_heartbeat(dataclasses.replace(heartbeat(n0, p0, T0 + 4 * 10**9, t_ns=T0 + 4 * 10**9, seq=1),
+                                             status={"pos_state": "surveyed", "pos_sigma_h_m": 0.5}), T0 + 4 * 10**9)
+    assert store.nodes()[0]["status"] == {"pos_state": "surveyed", "pos_sigma_h_m": 0.5}
+    store.close()

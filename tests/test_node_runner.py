@@ -13,7 +13,7 @@ import numpy as np
 from common.config import AudioConfig, GpsConfig, NodeConfig, Position, PublisherConfig, TimebaseConfig
 from node.audio import AudioBlock, AudioDeviceError
 from node.outbox import Outbox
-from node.pipeline import NodeRunner, backoff_s
+from node.pipeline import NodeRunner, backoff_s, status_states
 from node.timebase import FixedTimebase
 
 T0 = 1_764_000_000 * 10**9
@@ -102,7 +102,8 @@ def test_missing_microphone_is_reported_then_recovers(caplog, monkeypatch):
         th.start()
         time.sleep(1.0)
         assert mic.starts >= 3                         # it keeps retrying
-        down = [hb for hb in pub.heartbeats if hb.status["audio_problem"]]
+        # a problem appearing is a change of state: that heartbeat carries the whole status
+        down = [hb for hb in pub.heartbeats if hb.status.get("audio_problem")]
         assert down and "USB microphone" in down[-1].status["audio_problem"]
         assert down[-1].stream_utc_ns > T0             # a node with no audio does not hold the network back
         mic.present.set()
@@ -112,7 +113,8 @@ def test_missing_microphone_is_reported_then_recovers(caplog, monkeypatch):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "hw:1,0" in errors[0].getMessage()   # one clear line, not one per retry
     assert any("back" in r.getMessage() for r in caplog.records)
-    assert pub.heartbeats[-1].status["audio_problem"] == ""
+    # ... and so is its clearing (the server keeps a node's last whole status)
+    assert [hb for hb in pub.heartbeats if hb.status][-1].status["audio_problem"] == ""
     assert runner.detector.frames_seen > 0
 
 
@@ -179,3 +181,53 @@ def test_heartbeats_come_faster_after_an_event():
     assert during >= 3                       # ~every 0.1 s while active
     assert len(pub.heartbeats) - quiet_from <= 1   # (the final one on stop)
     assert time.monotonic() - t_start < 15
+
+
+def test_status_states_are_the_flags_texts_and_missing_items_not_the_measurements():
+    a = {"timing_locked": True, "audio_problem": "", "noise_floor_dbfs": -60.0, "events_total": 3,
+         "gps_eph_m": 2.5}
+    assert status_states(a) == status_states({**a, "noise_floor_dbfs": -41.0, "events_total": 9, "gps_eph_m": 9.0})
+    for changed in ({"timing_locked": False}, {"audio_problem": "device gone"}, {"gps_eph_m": None},
+                    {"new_item": 1}):
+        assert status_states(a) != status_states({**a, **changed})
+
+
+def _run_lean(status_s: float, problems: list[str], seconds: float, at_least: int = 0) -> list:
+    """Heartbeats of a node whose extra status reports ``problems[k]`` at its k-th
+    heartbeat, run for ``seconds`` and until it has sent ``at_least`` (10 s at most)."""
+    cfg = NodeConfig(id="n1", audio=AudioConfig(source="sounddevice"), timebase=TimebaseConfig(mode="fixed"),
+                     publisher=PublisherConfig(heartbeat_s=0.05, status_s=status_s), gps=GpsConfig(enabled=False))
+    pub = Capture()
+    calls = iter(problems + [problems[-1]] * 10_000)
+    runner = NodeRunner(cfg, PacedMic(), FixedTimebase(T0, 48_000), pub, position=lambda: Position(40.0, -80.0, 200.0),
+                        status=lambda: {"gps_problem": next(calls), "gps_eph_m": float(np.random.rand())})
+    stop = threading.Event()
+    th = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    th.start()
+    time.sleep(seconds)
+    deadline = time.monotonic() + 10
+    while len(pub.heartbeats) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join(5)
+    return pub.heartbeats
+
+
+def test_heartbeats_carry_the_whole_status_only_when_due_or_when_a_state_changes():
+    problems = [""] * 5 + ["gpsd not reachable"] * 5 + [""]
+    hbs = _run_lean(3600.0, problems, 0.5, at_least=14)
+    assert len(hbs) >= 14
+    full = [k for k, hb in enumerate(hbs) if hb.status]
+    # the first; the problem appearing; its clearing; the final one on stop (any whole status has every item)
+    assert full[:3] == [0, 5, 10] and set(full[3:]) <= {len(hbs) - 1}
+    assert hbs[5].status["gps_problem"] == "gpsd not reachable" and hbs[10].status["gps_problem"] == ""
+    assert all(set(hbs[k].status) == set(hbs[0].status) for k in full)
+    # the others still carry the watermark, and an empty status: "unchanged"
+    assert all(hb.status == {} and hb.stream_utc_ns > 0 for k, hb in enumerate(hbs) if k not in full)
+
+
+def test_whole_status_every_status_s_and_in_every_heartbeat_with_0():
+    hbs = _run_lean(0.25, [""], 1.2)
+    full = [k for k, hb in enumerate(hbs) if hb.status]
+    assert 4 <= len(full) <= 8 and len(full) < len(hbs)
+    assert all(hb.status for hb in _run_lean(0.0, [""], 0.5))
