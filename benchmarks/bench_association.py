@@ -26,7 +26,9 @@ fed the same arrivals as events (one synthetic 30 ms impulse snippet each) in
 0.5 s of stream (a node's rate after it has heard something): what a live
 server spends, without its sockets and store. It goes on stepping after the
 last sound until everything is decided ("shots decided live": the shots found
-that way, before the end-of-stream ``finish``).
+that way, before the end-of-stream ``finish``; "delay": for those, the stream
+time from a shot's emission to its decision — what a live server's alert waits
+for, less its computing time).
 
 What to look for: the time per event should not grow with the number of nodes
 once the lattice is wider than the hearing range. Clutter is what a busy
@@ -150,6 +152,7 @@ def run_engine(n_nodes: int, n_sources: int, rate: float, hearing_m: float, rang
     t_start = time.perf_counter()
     eng = Engine(cfg, store=None)
     shots = 0
+    delays: list[float] = []            # per shot decided live: stream seconds from its emission
     k = 0
     t = next_beat = arr[0][0] if arr else 0
     # after the last sound the nodes go on reporting, as live, until all is decided
@@ -177,11 +180,15 @@ def run_engine(n_nodes: int, n_sources: int, rate: float, hearing_m: float, rang
                                  received_ns=t)
         if t >= next_beat:
             next_beat = t + beat_ns
-        shots += len(eng.advance(now_ns=t))
+        decided = eng.advance(now_ns=t)
+        shots += len(decided)
+        delays += [(t - r.t_utc_ns) * 1e-9 for r in decided]
     live = shots
     shots += len(eng.finish())
     wall = time.perf_counter() - t_start
-    return {**_result(n_nodes, arr, n_sources, shots, wall), "live_shots": live}
+    return {**_result(n_nodes, arr, n_sources, shots, wall), "live_shots": live,
+            "delay_p50_s": float(np.median(delays)) if delays else float("nan"),
+            "delay_max_s": max(delays) if delays else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,14 +220,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rate:g} sources/s, hearing_range_m {rng_name}, clutter {args.clutter:g} sounds/s per node, "
           f"model σ {args.model_sigma_ms:g} ms")
     print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9} "
-          f"{'× real time':>11}" + (f" {'shots decided live':>18}" if args.engine else ""))
+          f"{'× real time':>11}" + (f" {'shots decided live':>18} {'delay p50 s':>11} {'max s':>6}"
+                                    if args.engine else ""))
     for n in (int(x) for x in args.nodes.split(",") if x.strip()):
         bench = run_engine if args.engine else run
         r = bench(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed, args.clutter, args.spacing_m,
                   args.model_sigma_ms * 1e-3)
         print(f"{r['nodes']:>6} {r['arrivals']:>8} {r['sources']:>7} {r['shots']:>6} {r['wall_s']:>7.2f} "
               f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f} {r['realtime']:>11.2f}"
-              + (f" {r['live_shots']:>18}" if args.engine else ""), flush=True)
+              + (f" {r['live_shots']:>18} {r['delay_p50_s']:>11.1f} {r['delay_max_s']:>6.1f}"
+                 if args.engine else ""), flush=True)
     return 0
 
 

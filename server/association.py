@@ -4,7 +4,9 @@ An arrival is one node's onset. A shot is a set of arrivals, at most one per nod
 all consistent with one source position and emission time. Association runs on a
 buffer of pending arrivals, oldest first, behind a *watermark*: an arrival is only
 decided once every node has reported audio up to the latest time any arrival of
-the same shot could reach it (``t + max travel time across the network``).
+the same shot could reach it (``t`` + the travel time over ``hearing_range_m``:
+every node that hears a shot is within that range of it, however wide the
+network).
 
 Search, for one pending arrival ``a0`` (the seed) at node ``r0``:
 
@@ -279,10 +281,8 @@ class Associator:
         self._nodes: dict[str, np.ndarray] = {}
         #: Search grids by window (see :meth:`_grid_for`), most recent last.
         self._grids: dict[tuple[int, int, int, int], Grid] = {}
-        #: Bounding box (x, y min and max) of the nodes, and the widest node pair
-        #: (m, None: to be recomputed) — kept up to date as nodes come.
+        #: Bounding box (x, y min and max) of the nodes, kept up to date as nodes come.
         self._bbox: tuple[np.ndarray, np.ndarray] | None = None
-        self._widest_m: float | None = 0.0
         #: The nodes' horizontal positions (N, 2) m (None: to be rebuilt); see :meth:`_plausible`.
         self._node_xy: np.ndarray | None = None
         #: Pending arrivals per node (time order), rebuilt when pending changes.
@@ -354,12 +354,6 @@ class Associator:
                                and abs(old[2] - pos[2]) <= 0.5):
             pos = np.asarray(pos, dtype=float)
             moved = node in self._nodes
-            if not moved and self._widest_m is not None and self._nodes:
-                # a new node: the widest pair grows at most by its distances (O(N))
-                others = np.array(list(self._nodes.values()))
-                self._widest_m = max(self._widest_m, float(np.max(np.linalg.norm(others[:, :2] - pos[:2], axis=1))))
-            elif moved:
-                self._widest_m = None
             self._nodes[node] = pos
             if self._bbox is None or moved:
                 p = np.array(list(self._nodes.values()))
@@ -414,19 +408,11 @@ class Associator:
         self._winds = list(other._winds)
 
     def max_travel_ns(self) -> int:
-        """Longest time one shot's arrivals can be spread over: the widest node
-        pair, but no more than two hearing ranges (two nodes that both hear a
-        shot are at most 2 × ``hearing_range_m`` apart), and at least
-        ``hearing_range_m`` (nodes not yet heard from may lie further out).
-        The widest pair is kept up to date as nodes come (O(N) per new node)."""
-        if self._widest_m is None:
-            p = np.array(list(self._nodes.values()))
-            self._widest_m = 0.0
-            for i in range(len(p) - 1):       # O(N²) only after a node moved
-                self._widest_m = max(self._widest_m, float(np.max(np.linalg.norm(p[i + 1:, :2] - p[i, :2], axis=1))))
-        r = self.cfg.hearing_range_m
-        span = max(r, min(self._widest_m, 2.0 * r))
-        return int((span / self.c + 0.05) * 1e9)
+        """Longest time one shot's arrivals can be spread over: every node that
+        hears it is within ``hearing_range_m`` of it, so they all hear it within
+        that range's travel time after it was fired (at the slowest candidate
+        speed of sound), however wide the network."""
+        return int((self.cfg.hearing_range_m / self.c + 0.05) * 1e9)
 
     def wait_ns(self) -> int:
         """How far the watermark must be past an arrival before it is decided:
@@ -691,11 +677,17 @@ class Associator:
             self._by_node = by
         return self._by_node
 
+    def _reach_s(self, dist_m: float) -> float:
+        """How far (s) from a seed an arrival at a node ``dist_m`` from the seed's
+        node may be and still come from the same source: the travel time over that
+        distance, and over no more than ``hearing_range_m`` (the source is no
+        further from either node), at the slowest candidate speed of sound, plus
+        the extension tolerance and 10 ms."""
+        return min(dist_m, self.cfg.hearing_range_m) / self.c + (self._extend_tolerance() + 0.01)
+
     def _candidates(self, seed: Arrival) -> dict[str, list[Arrival]]:
         """Per other node, the pending arrivals that could come from the same
-        source as ``seed``: within the travel time between the two nodes (at the
-        slowest candidate speed of sound) plus the extension tolerance."""
-        slack = self._extend_tolerance() + 0.01
+        source as ``seed``: within :meth:`_reach_s` of it."""
         far = 2.0 * self.cfg.hearing_range_m
         by_node: dict[str, list[Arrival]] = {}
         for node, arr in self._pending_by_node().items():
@@ -704,7 +696,7 @@ class Associator:
             dist = float(np.linalg.norm(arr[0].pos[:2] - seed.pos[:2]))
             if dist > far:                      # both cannot have heard one shot
                 continue
-            reach_ns = int((dist / self.c + slack) * 1e9)
+            reach_ns = int(self._reach_s(dist) * 1e9)
             i = bisect.bisect_left(arr, seed.t_ns - reach_ns, key=lambda a: a.t_ns)
             j = bisect.bisect_right(arr, seed.t_ns + reach_ns, key=lambda a: a.t_ns)
             got = [a for a in arr[i:j] if a.sigma_s <= MAX_SIGMA_S]
@@ -915,12 +907,12 @@ class Associator:
     def _chance_count(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
         """:meth:`_chance` among one pool, before a burst's evidence."""
         u = self._n_unknowns_2d()
-        slack = self._extend_tolerance() + 0.01
         seed = cand.arrivals[0]
         rates: list[float] = []
         counts: list[int] = []
         for n, arr in cands.items():
-            window = 2.0 * (float(np.linalg.norm(arr[0].pos[:2] - seed.pos[:2])) / self.c + slack)
+            # the window _candidates took them from
+            window = 2.0 * self._reach_s(float(np.linalg.norm(arr[0].pos[:2] - seed.pos[:2])))
             rates.append(len(arr) / max(window, 1e-3))
             counts.append(len(arr))
         others = len(rates)
@@ -1283,13 +1275,12 @@ class Associator:
         shot's nodes), times the ``tried`` seeds the repeat search looked at."""
         used = cand.solution.used
         tau = max(self.cfg.tolerance_s, float(np.max(np.abs(cand.solution.residuals_s[used]))))
-        slack = self._extend_tolerance() + 0.01
         seed = cand.arrivals[0]
         shot_nodes = {a.node for a in shot.arrivals} - {seed.node}
         q = []
         for n in shot_nodes:
             arr = cands.get(n, ())
-            window = 2.0 * (float(np.linalg.norm(self._nodes[n][:2] - seed.pos[:2])) / self.c + slack)
+            window = 2.0 * self._reach_s(float(np.linalg.norm(self._nodes[n][:2] - seed.pos[:2])))
             q.append(min(1.0, 2.0 * tau * len(arr) / max(window, 1e-3)))
         m = sum(1 for a in cand.arrivals[1:] if a.node in shot_nodes)
         if m < self.cfg.min_nodes - 1 or m > len(q):

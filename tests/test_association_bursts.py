@@ -65,15 +65,15 @@ def test_burst_at_15_rounds_per_second_in_a_windy_town_gives_every_round():
 
 def test_search_is_bounded_by_the_hearing_range():
     """A 40 × 40 lattice (150 m, 5.85 km wide): the seed's grid covers only the
-    cells within the hearing range of it, and the longest wait is two hearing
-    ranges of travel, not the network's width."""
+    cells within the hearing range of it, and the longest wait is one hearing
+    range of travel, not the network's width."""
     cfg = replace(AssociationConfig(), hearing_range_m=500.0)
     assoc = Associator(cfg, C, z_source=1.5)
     k = np.arange(1600)
     pos = np.column_stack([(k % 40) * 150.0, (k // 40) * 150.0, np.full(k.size, 5.0)])
     for i, p in enumerate(pos):
         assoc.add_node(f"n{i}", p)
-    assert assoc.max_travel_ns() == int((1000.0 / C + 0.05) * 1e9)
+    assert assoc.max_travel_ns() == int((500.0 / C + 0.05) * 1e9)
     grid = assoc._grid_for(pos[820])
     span = grid.cells[:, :2].max(axis=0) - grid.cells[:, :2].min(axis=0)
     assert np.all(span <= 2 * (500.0 + 2 * cfg.grid_step_m))
@@ -89,16 +89,25 @@ def test_search_is_bounded_by_the_hearing_range():
     assert np.linalg.norm(found[0].solution.pos[:2] - src[:2]) < 1.0
 
 
-def test_a_node_added_later_widens_the_wait_and_a_moved_node_is_remeasured():
+def test_the_wait_and_the_candidates_reach_one_hearing_range_of_travel_however_wide_the_network():
+    """Every node that hears a shot is within hearing_range_m of it, so all its
+    arrivals come within that range's travel time of each other: a node 3 km away
+    neither lengthens the wait nor lends the search a sound heard later than that."""
     assoc = Associator(AssociationConfig(), C, z_source=1.5)
+    r = AssociationConfig().hearing_range_m
     assoc.add_node("a", np.array([0.0, 0.0, 5.0]))
     assoc.add_node("b", np.array([100.0, 0.0, 5.0]))
-    r = AssociationConfig().hearing_range_m
-    assert assoc.max_travel_ns() == int((r / C + 0.05) * 1e9)       # never less than one hearing range
-    assoc.add_node("c", np.array([3000.0, 0.0, 5.0]))
-    assert assoc.max_travel_ns() == int((3000.0 / C + 0.05) * 1e9)
-    assoc.add_node("c", np.array([500.0, 0.0, 5.0]))                 # moved: the widest pair shrinks
     assert assoc.max_travel_ns() == int((r / C + 0.05) * 1e9)
+    assoc.add_node("c", np.array([3000.0, 0.0, 5.0]))
+    assert assoc.max_travel_ns() == int((r / C + 0.05) * 1e9)
+    seed = Arrival(1, "a", REF, 2e-5, np.array([0.0, 0.0, 5.0]))
+    assoc.add(seed)
+    near = Arrival(2, "c", REF + int((r / C - 0.5) * 1e9), 2e-5, np.array([3000.0, 0.0, 5.0]))
+    late = Arrival(3, "c", REF + int((r / C + 1.0) * 1e9), 2e-5, np.array([3000.0, 0.0, 5.0]))
+    assoc.add(near)
+    assoc.add(late)
+    # (3 km of travel would reach the later sound; no source within 2 km of both can)
+    assert [a.key for a in assoc._candidates(seed)["c"]] == [2]
 
 
 def _four_node_rounds(t0s, seed=5, src=(250.0, 310.0, 1.5), levels=None, reflection=None):
