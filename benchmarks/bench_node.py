@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--quiet", action="store_true", help="no shots or other sounds: heartbeats only")
     ap.add_argument("--plaintext", action="store_true", help="no CURVE encryption on the link")
+    ap.add_argument("--link-ping-s", type=float, default=PublisherConfig().link_ping_s,
+                    help="[publisher] link_ping_s: the node's ZeroMQ keep-alive (default %(default)s s)")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="ew-bench-node-"))
     port = 5700 + (int(time.time()) % 200)
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = NodeConfig(id="bench-01", server=f"tcp://127.0.0.1:{relay.port}",
                          position=Position(float(lat[0]), float(lon[0]), float(alt[0])),
                          audio=AudioConfig(source="sim", blocksize=480), timebase=TimebaseConfig(mode="system"),
-                         publisher=PublisherConfig())
+                         publisher=PublisherConfig(link_ping_s=args.link_ping_s))
         source = SimAudioSource(NodeRenderer(scen, town, 0, 48_000, seed=1), min(args.seconds, scen.duration_s),
                                 blocksize=480, realtime=True)
         outbox = Outbox(str(tmp / "outbox.sqlite"))
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{relay.down:,} B ({relay.down / wall:.0f} B/s, {relay.down * day / 1e6:.1f} MB/day); "
               f"{summary.events} events, {summary.heartbeats} heartbeats "
               f"(every {cfg.publisher.heartbeat_s:g} s, {cfg.publisher.active_heartbeat_s:g} s for "
-              f"{cfg.publisher.active_s:g} s after an event)")
+              f"{cfg.publisher.active_s:g} s after an event; keep-alive every {cfg.publisher.link_ping_s:g} s)")
         if half:
             # the second half alone: without the start-up (CURVE handshake, the timebase's lock-in)
             t_h, up_h, down_h = half[0]

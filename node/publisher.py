@@ -80,8 +80,9 @@ class Publisher:
         s.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 5_000)
-        s.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
+        ping_ms = max(100, int(round(cfg.link_ping_s * 1000)))
+        s.setsockopt(zmq.HEARTBEAT_IVL, ping_ms)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ping_ms)
         s.setsockopt(zmq.IMMEDIATE, 1)           # do not queue into a connection not yet up
         if curve is not None:
             s.curve_publickey = curve.public_key.encode()
