@@ -227,7 +227,11 @@ def test_heartbeats_carry_the_whole_status_only_when_due_or_when_a_state_changes
 
 
 def test_whole_status_every_status_s_and_in_every_heartbeat_with_0():
-    hbs = _run_lean(0.25, [""], 1.2)
+    hbs = _run_lean(0.3, [""], 1.5, at_least=12)
     full = [k for k, hb in enumerate(hbs) if hb.status]
-    assert 4 <= len(full) <= 8 and len(full) < len(hbs)
+    # the first, one per 0.3 s of wall time after it (the run may outlast 1.5 s
+    # waiting for 12 heartbeats), and the last
+    assert len(full) >= 4 and len(full) < len(hbs)
+    gaps = np.diff([hbs[k].t_utc_ns for k in full[:-1]]) * 1e-9
+    assert np.all(gaps >= 0.3 - 0.02)
     assert all(hb.status for hb in _run_lean(0.0, [""], 0.5))
