@@ -99,14 +99,25 @@ def arrivals_for(nodes: np.ndarray, n_sources: int, rate: float, hearing_m: floa
     return out
 
 
+#: the air of the benchmark's world (°C)
+TEMPERATURE_C = 15.0
+
+
+def _load(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: float | None, seed: int,
+          clutter: float, spacing_m: float) -> tuple[float, np.ndarray, list[tuple[int, int]], AssociationConfig]:
+    """What :func:`run` and :func:`run_engine` share: (speed of sound m/s, node
+    positions (n, 3) m, the arrivals, the association settings)."""
+    c = speed_of_sound(TEMPERATURE_C)
+    nodes = lattice(n_nodes, spacing_m)
+    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, np.random.default_rng(seed), clutter)
+    cfg = AssociationConfig() if range_m is None else replace(AssociationConfig(), hearing_range_m=range_m)
+    return c, nodes, arr, cfg
+
+
 def run(n_nodes: int, n_sources: int, rate: float, hearing_m: float, range_m: float | None,
         seed: int, clutter: float = 0.0, spacing_m: float = SPACING_M,
         model_sigma_s: float = 1e-4) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    c = speed_of_sound(15.0)
-    nodes = lattice(n_nodes, spacing_m)
-    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, rng, clutter)
-    cfg = AssociationConfig() if range_m is None else replace(AssociationConfig(), hearing_range_m=range_m)
+    c, nodes, arr, cfg = _load(n_nodes, n_sources, rate, hearing_m, range_m, seed, clutter, spacing_m)
     assoc = Associator(cfg, c, z_source=1.5, model_sigma_s=model_sigma_s)
     t_start = time.perf_counter()
     for i, p in enumerate(nodes):
@@ -135,14 +146,9 @@ def run_engine(n_nodes: int, n_sources: int, rate: float, hearing_m: float, rang
                seed: int, clutter: float = 0.0, spacing_m: float = SPACING_M,
                model_sigma_s: float = 1e-4) -> dict[str, float]:
     """:func:`run` through the whole ``Engine`` (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    temperature_c = 15.0
-    c = speed_of_sound(temperature_c)
-    nodes = lattice(n_nodes, spacing_m)
-    arr = arrivals_for(nodes, n_sources, rate, hearing_m, c, rng, clutter)
-    assoc_cfg = AssociationConfig() if range_m is None else replace(AssociationConfig(), hearing_range_m=range_m)
+    _, nodes, arr, assoc_cfg = _load(n_nodes, n_sources, rate, hearing_m, range_m, seed, clutter, spacing_m)
     cfg = ServerConfig(database=":memory:", allow_plaintext=True, max_clock_skew_s=0.0,
-                       temperature_c=temperature_c, association=assoc_cfg,
+                       temperature_c=TEMPERATURE_C, association=assoc_cfg,
                        solver=replace(SolverConfig(), model_sigma_s=model_sigma_s))
     wgs = [tuple(float(v) for v in FRAME.to_wgs84(p)) for p in nodes]
     ids = [f"n{i}" for i in range(n_nodes)]
