@@ -116,6 +116,11 @@ class ByteRelay(threading.Thread):
         self.join(5)
 
 
+def _rate(n_bytes: int, seconds: float) -> str:
+    """``n_bytes`` over ``seconds`` as B/s, and MB a day at that rate."""
+    return f"{n_bytes / seconds:.0f} B/s ({n_bytes * 86_400 / seconds / 1e6:.1f} MB/day)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="node CPU at 48 kHz in real time, and its network data")
     ap.add_argument("--seconds", type=float, default=30.0)
@@ -198,11 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         pub.close()
         outbox.close()
         wall = w1 - w0
-        day = 86_400 / wall
         link = "plaintext" if args.plaintext else "CURVE"
         print(f"network ({link}, TCP payload, {relay.connections} connection(s)): node → server "
-              f"{relay.up:,} B ({relay.up / wall:.0f} B/s, {relay.up * day / 1e6:.1f} MB/day), server → node "
-              f"{relay.down:,} B ({relay.down / wall:.0f} B/s, {relay.down * day / 1e6:.1f} MB/day); "
+              f"{relay.up:,} B, {_rate(relay.up, wall)}; server → node "
+              f"{relay.down:,} B, {_rate(relay.down, wall)}; "
               f"{summary.events} events, {summary.heartbeats} heartbeats "
               f"(every {cfg.publisher.heartbeat_s:g} s, {cfg.publisher.active_heartbeat_s:g} s for "
               f"{cfg.publisher.active_s:g} s after an event; keep-alive every {cfg.publisher.link_ping_s:g} s)")
@@ -210,9 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             # the second half alone: without the start-up (CURVE handshake, the timebase's lock-in)
             t_h, up_h, down_h = half[0]
             span = w1 - t_h
-            print(f"  second half of the run ({span:.0f} s): node → server {(relay.up - up_h) / span:.0f} B/s "
-                  f"({(relay.up - up_h) * 86_400 / span / 1e6:.1f} MB/day), server → node "
-                  f"{(relay.down - down_h) / span:.0f} B/s ({(relay.down - down_h) * 86_400 / span / 1e6:.1f} MB/day)")
+            print(f"  second half of the run ({span:.0f} s): node → server {_rate(relay.up - up_h, span)}, "
+                  f"server → node {_rate(relay.down - down_h, span)}")
     finally:
         server.terminate()
         try:
