@@ -105,8 +105,8 @@ class PublisherConfig:
     #: whole ``heartbeat_s`` later. Quiet nodes stay at ``heartbeat_s``.
     active_heartbeat_s: float = 0.5
     active_s: float = 10.0
-    #: A heartbeat carries the node's whole health status at most this often
-    #: (s), and at once whenever a state in it changes (a flag, a text such as a
+    #: A heartbeat carries the node's whole health status this often (s), and
+    #: at once whenever a state in it changes (a flag, a text such as a
     #: problem, a value appearing or going missing); the others carry an empty
     #: status, "unchanged" (docs/protocol.md): the status is most of a
     #: heartbeat's bytes, which a node on a mobile data plan pays for. Its levels
