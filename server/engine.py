@@ -492,7 +492,8 @@ class Engine:
 
             snips = [Snippet(a.snippet, a.snippet_t0_ns, a.sample_rate_hz, a.t_ns) if h else None
                      for a, h in zip(shot.arrivals, has)]
-            t_ns, _ = refine_times(snips)
+            refined, _ = refine_times(snips)
+            t_ns = np.where(has, refined, t_ns)        # an arrival without a snippet keeps its pick
         rec = np.array([a.pos for a in shot.arrivals])
         ts = (t_ns - shot.ref_ns) * 1e-9
         sig = assoc.sigma(shot.arrivals)

@@ -11,9 +11,10 @@ fitting a parabola through the three highest points.
 
 :func:`refine_times` turns this into refined arrival times for one shot: each
 arrival's snippet is correlated with a reference arrival's (the one with the
-strongest peak), and the correlation delay replaces the difference of the two
+clearest onset), and the correlation delay replaces the difference of the two
 picks only when it agrees with it within ``max_shift_s`` and the correlation is
-clearly peaked (``min_peak``); otherwise the pick stands. Waveforms at distant
+clearly peaked (``min_peak``, ``min_ratio``, ``min_similarity``); otherwise the
+pick stands. Waveforms at distant
 nodes differ (air absorption, paths around buildings), so this is a refinement
 of picks, never a replacement for association.
 
@@ -163,7 +164,9 @@ def refine_times(snips: Sequence[Snippet | None], *, max_shift_s: float = 0.0005
     sample: a larger disagreement means the waveforms differ, not the times),
     the peak ≥ ``min_peak``, the peak ratio ≥ ``min_ratio`` and the aligned
     waveforms' correlation coefficient ≥ ``min_similarity``. Snippets that are
-    None, empty, or at another sample rate than the reference keep their pick.
+    empty, or at another sample rate than the reference, keep their pick. A None
+    entry has no pick: its time comes back as 0, for the caller to fill in with
+    its own (``np.where(present, times, own)``).
     """
     n = len(snips)
     times = np.array([s.pick_ns if s is not None else 0 for s in snips], dtype=np.int64)

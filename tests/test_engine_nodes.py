@@ -1,4 +1,5 @@
-"""server/engine.py: what a node says of its own position error weighs its arrivals."""
+"""server/engine.py: what a node says and sends of itself (its position error, events
+without a snippet) weighs its arrivals, and never breaks a shot."""
 
 from __future__ import annotations
 
@@ -93,3 +94,25 @@ def test_an_empty_heartbeat_status_keeps_the_nodes_last_whole_status(tmp_path, c
                                              status={"pos_state": "surveyed", "pos_sigma_h_m": 0.5}), T0 + 4 * 10**9)
     assert store.nodes()[0]["status"] == {"pos_state": "surveyed", "pos_sigma_h_m": 0.5}
     store.close()
+
+
+def test_an_event_without_a_snippet_keeps_its_pick_in_the_final_solve():
+    """The final solve cross-correlates the arrivals that carry a snippet; one
+    without (a zero-length snippet is valid on the wire) keeps its own onset
+    time, and the shot is where the others put it."""
+    def locate(empty: set[int]):
+        eng = Engine(ServerConfig(database="x", temperature_c=20.0, allow_plaintext=True), None)
+        evs = shot_events(node_grid(9), np.array([120.0, 80.0, 1.5]), T0 + 10**9, {})
+        evs = [dataclasses.replace(e, snippet=np.zeros(0, dtype=np.int16)) if i in empty else e
+               for i, e in enumerate(evs)]
+        assert set(eng.ingest_batch(evs)) == {"new"}
+        (shot,) = eng.finish()
+        return shot
+
+    whole = locate(set())
+    for empty in ({0}, {3, 7}):
+        shot = locate(empty)
+        assert len(shot.nodes) == 9
+        assert abs(shot.t_utc_ns - whole.t_utc_ns) < 100_000
+        assert shot.lat == pytest.approx(whole.lat, abs=1e-6) and shot.lon == pytest.approx(whole.lon, abs=1e-6)
+        assert shot.error_m < 2.0 * whole.error_m
