@@ -148,18 +148,20 @@ def first_rise(hp: np.ndarray, lo: int, hi: int, noise: np.ndarray, peak: float,
     return None
 
 
-def silence_end(x: np.ndarray, carried: int, min_run: int = SILENCE_RUN) -> tuple[int | None, int]:
+def silence_ends(x: np.ndarray, carried: int, min_run: int = SILENCE_RUN) -> tuple[np.ndarray, int]:
     """Digital silence in ``x`` (1-D), which follows ``carried`` exact zeros:
-    (the index in ``x`` of the first sample after the last run of at least
-    ``min_run`` exact zeros that ends within ``x``, or None; how many exact zeros
-    the stream now ends with). Works on the zero samples only, so audio with a
-    few scattered zeros (quiet 16-bit noise) costs one comparison pass."""
+    (the indices in ``x`` of the first sample after each run of at least
+    ``min_run`` exact zeros that ends within ``x``, ascending, int64; how many
+    exact zeros the stream now ends with). Works on the zero samples only, so
+    audio with a few scattered zeros (quiet 16-bit noise) costs one comparison
+    pass."""
     n = x.size
+    none = np.zeros(0, dtype=np.int64)
     if x.all():                              # no zero at all (most audio)
-        return (0 if carried >= min_run and n else None), 0
+        return (np.zeros(1, dtype=np.int64) if carried >= min_run and n else none), 0
     z = np.flatnonzero(x == 0.0)
     if z.size == n:
-        return None, carried + n
+        return none, carried + n
     brk = np.flatnonzero(np.diff(z) != 1)    # runs of consecutive zeros: z[first] .. z[last]
     first = z[np.concatenate(([0], brk + 1))]
     last = z[np.concatenate((brk, [z.size - 1]))]
@@ -167,12 +169,10 @@ def silence_end(x: np.ndarray, carried: int, min_run: int = SILENCE_RUN) -> tupl
     if first[0] == 0:
         length[0] += carried
     trailing = int(length[-1]) if last[-1] == n - 1 else 0
-    ended = np.flatnonzero((length >= min_run) & (last < n - 1))
-    if ended.size:
-        return int(last[ended[-1]]) + 1, trailing
+    ends = (last[(length >= min_run) & (last < n - 1)] + 1).astype(np.int64)
     if first[0] != 0 and carried >= min_run:
-        return 0, trailing
-    return None, trailing
+        ends = np.concatenate((np.zeros(1, dtype=np.int64), ends))
+    return ends, trailing
 
 
 def onset_features(hp: np.ndarray, onset_idx: int, fs_hz: float, noise_energy: float) -> dict[str, float]:
@@ -286,8 +286,10 @@ class Detector:
         e = bp * bp
         sta, self._zsta = one_pole(e, self.n_sta, self._zsta)
         lta, self._zlta = one_pole(e, self.n_lta, self._zlta)
-        self._update_silence(x, start)
-        self._find_triggers(sta, lta, start)
+        ends, self._zero_run = silence_ends(x, self._zero_run)
+        self._find_triggers(sta, lta, start, start + ends)
+        if ends.size:
+            self._live_from = max(self._live_from, start + int(ends[-1]) + self.warmup)
         # keep history
         self._raw = np.concatenate([self._raw, x.astype(np.float32)])
         self._next = start + x.size
@@ -315,12 +317,11 @@ class Detector:
         return float(10.0 * np.log10(max(float(self._zlta[0]), 1e-30)))
 
     # ------------------------------------------------------------- internals
-    def _update_silence(self, x: np.ndarray, start: int) -> None:
-        end, self._zero_run = silence_end(x, self._zero_run)
-        if end is not None:
-            self._live_from = max(self._live_from, start + end + self.warmup)
-
-    def _find_triggers(self, sta: np.ndarray, lta: np.ndarray, start: int) -> None:
+    def _find_triggers(self, sta: np.ndarray, lta: np.ndarray, start: int, silence_ends_at: np.ndarray) -> None:
+        """Note the armed rising crossings in this chunk (its first sample is
+        stream index ``start``). ``silence_ends_at``: the stream indices (ascending)
+        where digital silences end in the chunk. A crossing waits out the warm-up
+        after the silences that end before it, not after those that come later."""
         cfg = self.cfg
         ratio = sta / np.maximum(lta, self.min_sta * 1e-3)
         above = (ratio > cfg.trigger_ratio) & (sta > self.min_sta)
@@ -332,7 +333,8 @@ class Detector:
             # the last time the ratio was below release, at or before i
             j = np.searchsorted(below, i, side="right") - 1
             last_below = start + int(below[j]) if j >= 0 else self._last_below
-            if idx < self._live_from:
+            k = int(np.searchsorted(silence_ends_at, idx, side="right"))
+            if idx < self._live_from or (k and idx < silence_ends_at[k - 1] + self.warmup):
                 continue
             if last_below <= self._last_trigger or idx - self._last_trigger < self.refractory:
                 continue
