@@ -4,9 +4,11 @@
 #   sudo bash deploy/provision-node.sh --node-id north-01 --server tcp://server.example.org:5555
 #
 # Safe to run again (idempotent): packages, user, directories, venv, configs and
-# units are brought to the wanted state; an existing /etc/earwitness/node.toml is
-# kept unless --force-config is given. Run with --help for the options, or
-# --print-config to see the node config it would write (no root, no changes).
+# units are brought to the wanted state. An existing /etc/earwitness/node.toml, and
+# installed gpsd, chrony and config.txt settings that differ from what this run
+# would write (edited by hand), are kept, each with a note, unless --force-config
+# is given. Run with --help for the options, or --print-config to see the node
+# config it would write (no root, no changes).
 #
 # The file edits are functions (edit_*), and nothing runs when the script is
 # sourced, so tests can call them on scratch files. EARWITNESS_ROOT (tests only)
@@ -35,6 +37,9 @@ PRINT_CONFIG=0
 ASSUME_YES=0
 PI_MODE="auto"
 WITH_GPSPIPE=0
+PPS_GPIO=18
+GPS_DEVICE=/dev/ttyAMA0
+NMEA_OFFSET=0.5
 
 usage() {
     cat <<'EOF'
@@ -49,8 +54,16 @@ usage: sudo bash deploy/provision-node.sh [options]
                         PPS wired into the sound card's second input channel)
   --credentials FILE    the file written by `earwitness keys enroll ID --server ... --out FILE`
                         on the server; its [security] keys go into node.toml
+  --pps-gpio N          the GPIO (BCM number) the GPS PPS is wired to (default 18;
+                        4 for the Adafruit Ultimate GPS HAT)
+  --gps-device DEV      the GPS receiver's serial port for gpsd (default /dev/ttyAMA0;
+                        a Pi 5 may need another /dev/ttyAMA*)
+  --nmea-offset S       chrony's offset for gpsd's NMEA time, in seconds (default 0.5)
   --read-only-root      make the root filesystem read-only (overlayfs; see docs)
-  --force-config        rewrite /etc/earwitness/node.toml even if it exists
+  --force-config        rewrite /etc/earwitness/node.toml even if it exists (its
+                        [security] keys are kept), and replace /etc/default/gpsd,
+                        /etc/chrony/conf.d/earwitness.conf and the config.txt block
+                        even where their settings were edited by hand
   --with-gpspipe        also install gpsd-clients (gpspipe; pulls GUI libraries)
   --not-a-pi            skip the Raspberry Pi boot configuration (UART, PPS overlay)
   --yes                 never ask; fail if something required is missing
@@ -70,6 +83,9 @@ parse_args() {
             --source) SRC="${2-}"; shift 2 ;;
             --audio-device) AUDIO_DEVICE="${2-}"; shift 2 ;;
             --timebase) TIMEBASE="${2-}"; shift 2 ;;
+            --pps-gpio) PPS_GPIO="${2-}"; shift 2 ;;
+            --gps-device) GPS_DEVICE="${2-}"; shift 2 ;;
+            --nmea-offset) NMEA_OFFSET="${2-}"; shift 2 ;;
             --credentials) CREDENTIALS="${2-}"; shift 2 ;;
             --read-only-root) READ_ONLY_ROOT=1; shift ;;
             --force-config) FORCE_CONFIG=1; shift ;;
@@ -104,6 +120,14 @@ validate() {
     esac
     [[ "$AUDIO_DEVICE" != *[\\\"]* ]] ||
         die "--audio-device must not contain quotes or backslashes"
+    if ! [[ "$PPS_GPIO" =~ ^[0-9]{1,2}$ ]] || [ "$((10#$PPS_GPIO))" -gt 27 ]; then
+        die "--pps-gpio must be a GPIO number from 0 to 27 (BCM numbering: 18 = pin 12), not '$PPS_GPIO'"
+    fi
+    PPS_GPIO="$((10#$PPS_GPIO))"
+    [[ "$GPS_DEVICE" =~ ^/dev/[A-Za-z0-9._/-]+$ ]] ||
+        die "--gps-device must be a device path such as /dev/ttyAMA0, not '$GPS_DEVICE'"
+    [[ "$NMEA_OFFSET" =~ ^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)$ ]] ||
+        die "--nmea-offset must be a number of seconds such as 0.5, not '$NMEA_OFFSET'"
 }
 
 detect_audio_device() {  # first USB capture card → hw:N,0 (PortAudio's name contains "(hw:N,0)")
@@ -163,16 +187,37 @@ move_alert_m = 25.0
 EOF
 }
 
-security_block() {  # security_block FILE: the [security] table of an enrolment file
-    awk '/^\[security\][[:space:]]*$/ { on = 1; print; next }
-         /^\[/ { on = 0 }
+# A "[security]" table header, also with a comment after it ("[security]  # from ...").
+SECURITY_RE='^[[:space:]]*\[[[:space:]]*security[[:space:]]*\][[:space:]]*(#.*)?$'
+
+security_block() {  # security_block FILE: the [security] table of FILE (an enrolment file, a node.toml)
+    awk -v re="$SECURITY_RE" '$0 ~ re { on = 1; print; next }
+         /^[[:space:]]*\[/ { on = 0 }
          on { print }' "$1"
+}
+
+has_security() {  # has_security FILE: FILE has a [security] table
+    grep -Eq "$SECURITY_RE" "$1"
+}
+
+check_node_config() {  # check_node_config FILE [NAME]: FILE loads with the project's config loader
+    # (common.config.load_node_config, in the installed venv); if not, the reason on
+    # stderr, naming the file NAME.
+    [ -x "$R$VENV/bin/python" ] || die "no $R$VENV/bin/python to check $1 with: the Python environment is missing; run this script again"
+    "$R$VENV/bin/python" -c '
+import sys
+from common.config import ConfigError, load_node_config
+try:
+    load_node_config(sys.argv[1])
+except ConfigError as exc:
+    sys.exit(str(exc).replace(sys.argv[1], sys.argv[2]))
+' "$1" "${2:-$1}"
 }
 
 check_credentials() {  # check_credentials FILE: an enrolment file for NODE_ID
     local file="$1" cred_id
     [ -r "$file" ] || die "cannot read credentials file $file"
-    grep -q '^\[security\]' "$file" ||
+    has_security "$file" ||
         die "$file has no [security] table: give the file written by 'earwitness keys enroll ... --out FILE'"
     cred_id="$(sed -n 's/^id *= *"\(.*\)" *$/\1/p' "$file" | head -n1)"
     [ -z "$cred_id" ] || [ "$cred_id" = "$NODE_ID" ] ||
@@ -181,19 +226,62 @@ check_credentials() {  # check_credentials FILE: an enrolment file for NODE_ID
 
 # ------------------------------------------------------------------ file edits
 edit_security() {  # edit_security CONFIG CREDENTIALS: replace CONFIG's [security] table
+    # The result is written to a temporary file and replaces CONFIG only if it loads
+    # (check_node_config); otherwise CONFIG is left as it was and the script stops.
     local config="$1" creds="$2" tmp
     tmp="$(mktemp "$(dirname "$config")/.edit.XXXXXX")"
-    awk '/^\[security\][[:space:]]*$/ { skip = 1; next } /^\[/ { skip = 0 } !skip { print }' \
+    awk -v re="$SECURITY_RE" '$0 ~ re { skip = 1; next } /^[[:space:]]*\[/ { skip = 0 } !skip { print }' \
         "$config" > "$tmp"
     # drop trailing blank lines, then one blank line and the new table
     sed -i -e ':a' -e '/^\n*$/{$d;N;ba' -e '}' "$tmp"
     { echo; security_block "$creds"; } >> "$tmp"
-    cat "$tmp" > "$config"
+    chown --reference="$config" "$tmp" 2>/dev/null || true
+    chmod --reference="$config" "$tmp"
+    if ! check_node_config "$tmp" "$config"; then
+        rm -f "$tmp"
+        die "$config would not load with the keys from $creds (message above); it was left unchanged"
+    fi
+    mv -f "$tmp" "$config"
+}
+
+settings() {  # settings FILE: FILE without comments and blank lines (what takes effect)
+    grep -Ev '^[[:space:]]*(#|$)' "$1" || true
+}
+
+render() {  # render FILE: a config file from deploy/ with this run's --pps-gpio, --gps-device, --nmea-offset
+    sed -E -e "s/gpiopin=18\b/gpiopin=$PPS_GPIO/g" -e "s/GPIO18\b/GPIO$PPS_GPIO/g" \
+        -e "s|^DEVICES=.*|DEVICES=\"$GPS_DEVICE /dev/pps0\"|" \
+        -e "s/^(refclock SHM 0 .*offset )[^[:space:]]+/\1$NMEA_OFFSET/" "$1"
+}
+
+keep_note() {  # keep_note FILE: say that FILE's hand-edited settings are kept
+    say "keeping $1: its settings differ from what this run would write (edited by hand?); give them as options (--pps-gpio, --gps-device, --nmea-offset) or add --force-config to replace it"
+}
+
+install_config() {  # install_config SRC DEST: install "render SRC" as DEST (mode 0644)
+    # A DEST installed by this script earlier (it names provision-node.sh) whose
+    # settings differ from the rendered ones was edited by hand: it is kept, with a
+    # note, unless --force-config. Any other DEST is replaced.
+    local src="$1" dest="$2" tmp
+    tmp="$(mktemp)"
+    render "$src" > "$tmp"
+    if [ -f "$dest" ] && [ "$FORCE_CONFIG" != 1 ] && grep -qs 'provision-node\.sh' "$dest" &&
+            [ "$(settings "$dest")" != "$(settings "$tmp")" ]; then
+        keep_note "$dest"
+    else
+        install -m 0644 "$tmp" "$dest"
+    fi
     rm -f "$tmp"
+}
+
+marker_block() {  # marker_block FILE: FILE's "# >>> earwitness >>>" block, if any
+    awk '/^# >>> earwitness >>>/ { on = 1 } on { print } /^# <<< earwitness <<</ { on = 0 }' "$1"
 }
 
 edit_marker_block() {  # edit_marker_block FILE SNIPPET: (re)place the "# >>> earwitness >>>" block
     local file="$1" snippet="$2" tmp
+    [ "$(grep -c '^# >>> earwitness >>>' "$file")" = "$(grep -c '^# <<< earwitness <<<' "$file")" ] ||
+        die "$file has a '# >>> earwitness >>>' line without its '# <<< earwitness <<<' (or the other way round); mend it by hand and run again"
     tmp="$(mktemp)"
     awk '/^# >>> earwitness >>>/ { skip = 1 } !skip { print } /^# <<< earwitness <<</ { skip = 0 }' \
         "$file" > "$tmp"
@@ -269,8 +357,16 @@ write_node_config() {
         say "writing $cfg"
         tmp="$(mktemp "$R$ETC/.node.toml.XXXXXX")"
         node_config > "$tmp"
+        if [ -f "$cfg" ] && [ -z "$CREDENTIALS" ] && has_security "$cfg"; then
+            say "keeping the [security] keys of the existing $cfg"
+            { echo; security_block "$cfg"; } >> "$tmp"
+        fi
         chown root:"$USER_NAME" "$tmp"
         chmod 0640 "$tmp"
+        if ! check_node_config "$tmp" "$cfg"; then
+            rm -f "$tmp"
+            die "the new $cfg would not load (message above); the existing file was left unchanged"
+        fi
         mv -f "$tmp" "$cfg"
     else
         say "keeping existing $cfg (--force-config rewrites it)"
@@ -281,8 +377,7 @@ write_node_config() {
     fi
     chown root:"$USER_NAME" "$cfg"
     chmod 0640 "$cfg"   # it holds the node's secret key
-    "$R$VENV/bin/python" -c 'import sys; from common.config import load_node_config; load_node_config(sys.argv[1])' "$cfg" ||
-        die "$cfg does not load (message above); fix it and run again"
+    check_node_config "$cfg" || die "$cfg does not load (message above); fix it and run again"
 }
 
 configure_gpsd_chrony() {
@@ -291,9 +386,12 @@ configure_gpsd_chrony() {
         cp -p "$R/etc/default/gpsd" "$R/etc/default/gpsd.orig"
     fi
     install -d -m 0755 "$R/etc/default" "$R/etc/chrony/conf.d"
-    install -m 0644 "$HERE/gpsd/gpsd.default" "$R/etc/default/gpsd"
-    install -m 0644 "$HERE/chrony/earwitness.conf" "$R/etc/chrony/conf.d/earwitness.conf"
+    install_config "$HERE/gpsd/gpsd.default" "$R/etc/default/gpsd"
+    install_config "$HERE/chrony/earwitness.conf" "$R/etc/chrony/conf.d/earwitness.conf"
     if ! grep -Eqs '^[[:space:]]*confdir[[:space:]]+/etc/chrony/conf.d' "$R/etc/chrony/chrony.conf"; then
+        if [ -f "$R/etc/chrony/chrony.conf" ] && [ ! -f "$R/etc/chrony/chrony.conf.earwitness-orig" ]; then
+            cp -p "$R/etc/chrony/chrony.conf" "$R/etc/chrony/chrony.conf.earwitness-orig"
+        fi
         echo "confdir /etc/chrony/conf.d" >> "$R/etc/chrony/chrony.conf"
     fi
 }
@@ -303,12 +401,21 @@ configure_pi_boot() {
         say "not a Raspberry Pi (or --not-a-pi): skipping the boot configuration; see deploy/pi/config.txt"
         return 0
     fi
-    say "Raspberry Pi boot configuration (UART, PPS on GPIO18)"
-    local boot="$R/boot/firmware"
+    say "Raspberry Pi boot configuration (UART, PPS on GPIO$PPS_GPIO)"
+    local boot="$R/boot/firmware" block old
     [ -f "$boot/config.txt" ] || boot="$R/boot"
     [ -f "$boot/config.txt" ] || die "no config.txt in /boot/firmware or /boot"
     [ -f "$boot/config.txt.earwitness-orig" ] || cp -p "$boot/config.txt" "$boot/config.txt.earwitness-orig"
-    edit_marker_block "$boot/config.txt" "$HERE/pi/config.txt"
+    block="$(mktemp)"
+    render "$HERE/pi/config.txt" > "$block"
+    old="$(marker_block "$boot/config.txt")"
+    if [ -n "$old" ] && [ "$FORCE_CONFIG" != 1 ] &&
+            [ "$(settings <(printf '%s\n' "$old"))" != "$(settings "$block")" ]; then
+        keep_note "the '# >>> earwitness >>>' block in $boot/config.txt"
+    else
+        edit_marker_block "$boot/config.txt" "$block"
+    fi
+    rm -f "$block"
     if [ -f "$boot/cmdline.txt" ]; then
         [ -f "$boot/cmdline.txt.earwitness-orig" ] || cp -p "$boot/cmdline.txt" "$boot/cmdline.txt.earwitness-orig"
         edit_cmdline "$boot/cmdline.txt"
@@ -351,13 +458,19 @@ read_only_root() {
     fi
 }
 
+system_options() {  # the --pps-gpio/--gps-device/--nmea-offset options of this run that are not the defaults
+    [ "$PPS_GPIO" = 18 ] || printf ' --pps-gpio %s' "$PPS_GPIO"
+    [ "$GPS_DEVICE" = /dev/ttyAMA0 ] || printf ' --gps-device %s' "$GPS_DEVICE"
+    [ "$NMEA_OFFSET" = 0.5 ] || printf ' --nmea-offset %s' "$NMEA_OFFSET"
+}
+
 print_next_steps() {
     cat <<EOF
 
 Earwitness node '$NODE_ID' is provisioned. Reboot now (sudo reboot) so the UART and
 PPS overlays take effect, then check, in this order:
 
-  ls -l /dev/pps0 /dev/ttyAMA0          both exist
+  ls -l /dev/pps0 $GPS_DEVICE          both exist
   sudo ppstest /dev/pps0                one line per second (Ctrl-C to stop)
   cgps -s                               a 3-D fix ('gpspipe -w' with --with-gpspipe)
   chronyc sources -v                    '#* GPS' selected, NMEA within ~0.4 s
@@ -368,7 +481,7 @@ PPS overlays take effect, then check, in this order:
 Keys: on the server run
   sudo -u earwitness $VENV/bin/earwitness keys enroll $NODE_ID --server $SERVER --out /tmp/$NODE_ID.toml
 copy that file here over a secure channel and run
-  sudo bash $0 --node-id $NODE_ID --server $SERVER --credentials /tmp/$NODE_ID.toml
+  sudo bash $0 --node-id $NODE_ID --server $SERVER$(system_options) --credentials /tmp/$NODE_ID.toml
 then delete both copies. Full guide: /usr/share/doc/earwitness/node-setup.md
 EOF
 }

@@ -1,9 +1,15 @@
 """`earwitness sim`: a central server and N simulated nodes on this machine.
 
-The server (engine + sockets) and every node (detector, timebase, outbox,
-publisher) are the real code; only the microphone (``SimAudioSource`` rendering
-the simulated town) and the GPS (a surveyed position) are simulated. Nodes talk
-to the server over real ZeroMQ sockets on loopback.
+Real code: the server (ingest, engine, store) and each node's pipeline
+(``NodeRunner``: detector, heartbeats) and ``Publisher``, talking over real ZeroMQ
+sockets on loopback, in plaintext (``allow_plaintext``, no CURVE keys).
+Simulated or left out, per node: the microphone (``SimAudioSource`` rendering the
+simulated town); the GPS (the position is given, no gpsd, no survey-in); the
+clock (``FixedTimebase(mode="simulated")`` with a random clock error, instead of
+chrony or PPS); the outbox is in memory (``Outbox(None)``); and ``NodeServices``
+(gpsd, chrony and system metrics) do not run, so heartbeats carry no GPS, clock
+or system health values. The server's store is in memory unless
+``SimOptions.database`` names a file.
 """
 
 from __future__ import annotations

@@ -190,6 +190,11 @@ def test_node_script_takes_the_enrolment_keys(tmp_path):
     (["--server", "server.example.org"], "give tcp://HOST:PORT"),
     (["--timebase", "gps"], "--timebase must be"),
     (["--bogus"], "unknown option '--bogus'"),
+    (["--pps-gpio", "40"], "--pps-gpio must be a GPIO number from 0 to 27"),
+    (["--pps-gpio", "four"], "--pps-gpio must be a GPIO number from 0 to 27"),
+    (["--gps-device", "ttyAMA0"], "--gps-device must be a device path"),
+    (["--gps-device", "/dev/tty AMA0"], "--gps-device must be a device path"),
+    (["--nmea-offset", "0.5s"], "--nmea-offset must be a number of seconds"),
 ])
 def test_node_script_rejects_bad_input_clearly(args, words):
     r = run_script(SCRIPTS[0], "--print-config", *args)
@@ -253,12 +258,57 @@ def test_security_edit_replaces_the_keys(tmp_path):
     new = tmp_path / "new.toml"
     old.write_text(enrolment("north-01", "tcp://127.0.0.1:5555"))
     new.write_text(enrolment("north-01", "tcp://127.0.0.1:5555").replace("X" * 40, "Y" * 40))
+    venv = fake_venv(tmp_path)
     for creds in (old, new, new):
-        r = source_and_run(SCRIPTS[0], f'edit_security "{node}" "{creds}"')
+        r = source_and_run(SCRIPTS[0], f'VENV="{venv}"; edit_security "{node}" "{creds}"')
         assert r.returncode == 0, r.stderr
     assert node.read_text().count("[security]") == 1
     cfg = load_node_config(node)
     assert cfg.security.secret_key == "Y" * 40 and cfg.id == "north-01"
+
+
+def fake_venv(tmp: Path) -> Path:
+    """A directory with bin/python = this interpreter with the project importable."""
+    import sys
+    venv = tmp / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" "$@"\n')
+    py.chmod(0o755)
+    return venv
+
+
+def test_security_edit_understands_a_commented_header(tmp_path):
+    # The guide's sample node.toml: "[security]            # from 'earwitness keys enroll'"
+    r = run_script(SCRIPTS[0], "--print-config", "--node-id", "north-01")
+    node = tmp_path / "node.toml"
+    node.write_text(r.stdout + '\n[security]            # from \'earwitness keys enroll\'\n'
+                    + 'server_public_key = "' + "O" * 40 + '"\npublic_key = "' + "O" * 40
+                    + '"\nsecret_key = "' + "O" * 40 + '"\n')
+    creds = tmp_path / "creds.toml"
+    creds.write_text(enrolment("north-01", "tcp://127.0.0.1:5555"))
+    venv = fake_venv(tmp_path)
+    for _ in range(2):
+        r = source_and_run(SCRIPTS[0], f'VENV="{venv}"; edit_security "{node}" "{creds}"')
+        assert r.returncode == 0, r.stderr
+    assert node.read_text().count("[security]") == 1
+    assert load_node_config(node).security.secret_key == "X" * 40
+
+
+def test_security_edit_leaves_the_config_alone_if_the_result_does_not_load(tmp_path):
+    r = run_script(SCRIPTS[0], "--print-config", "--node-id", "north-01")
+    node = tmp_path / "node.toml"
+    node.write_text(r.stdout)
+    before = node.read_bytes()
+    creds = tmp_path / "creds.toml"
+    creds.write_text(enrolment("north-01", "tcp://127.0.0.1:5555") + "bogus = 1\n")
+    venv = fake_venv(tmp_path)
+    r = source_and_run(SCRIPTS[0], f'VENV="{venv}"; edit_security "{node}" "{creds}"')
+    assert r.returncode == 1
+    assert f"{node}: security: unknown key(s) bogus" in r.stderr      # names node.toml, not a temp file
+    assert f"{node} would not load with the keys from {creds}" in r.stderr and "left unchanged" in r.stderr
+    assert node.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["creds.toml", "node.toml", "venv"]   # no temp left
 
 
 def test_journald_dropin_is_volatile(tmp_path):
@@ -371,6 +421,8 @@ def test_node_provisioning_rehearsal_is_idempotent(tmp_path):
     assert (root / "etc" / "default" / "gpsd.orig").read_text() == 'DEVICES=""\n'
     assert (root / "etc" / "default" / "gpsd").read_text() == (DEPLOY / "gpsd" / "gpsd.default").read_text()
     assert (root / "etc" / "chrony" / "chrony.conf").read_text().count("confdir /etc/chrony/conf.d") == 1
+    assert (root / "etc" / "chrony" / "chrony.conf.earwitness-orig").read_text() == "pool 2.debian.pool.ntp.org iburst\n"
+    assert (root / "etc" / "fstab.earwitness-orig").read_text() == "PARTUUID=1234-02 / ext4 defaults 0 1\n"
     assert (root / "etc" / "chrony" / "conf.d" / "earwitness.conf").exists()
     assert (root / "boot" / "firmware" / "config.txt").read_text().count("dtoverlay=pps-gpio,gpiopin=18") == 1
     assert "serial0" not in (root / "boot" / "firmware" / "cmdline.txt").read_text()
@@ -412,3 +464,116 @@ def test_server_provisioning_rehearsal_creates_keys_once(tmp_path):
     assert cfg.keys_dir == "/etc/earwitness/keys" and cfg.bind == "tcp://0.0.0.0:5555"
     assert "systemctl enable chrony.service earwitness-server.service" in log.read_text()
     assert "keys enroll NODE_ID --server tcp://server.example.org:5555" in r2.stdout
+
+
+def pi_root(tmp: Path) -> Path:
+    root = tmp / "root"
+    (root / "boot" / "firmware").mkdir(parents=True)
+    (root / "boot" / "firmware" / "config.txt").write_text("dtparam=audio=on\n")
+    (root / "boot" / "firmware" / "cmdline.txt").write_text("console=tty1 root=PARTUUID=1234-02 rootwait\n")
+    (root / "proc" / "device-tree").mkdir(parents=True)
+    (root / "proc" / "device-tree" / "model").write_text("Raspberry Pi 5 Model B Rev 1.0\x00")
+    (root / "etc" / "chrony").mkdir(parents=True)
+    (root / "etc" / "chrony" / "chrony.conf").write_text("pool 2.debian.pool.ntp.org iburst\n")
+    (root / "etc" / "default").mkdir(parents=True)
+    (root / "etc" / "default" / "gpsd").write_text('DEVICES=""\n')
+    (root / "etc" / "fstab").write_text("PARTUUID=1234-02 / ext4 defaults 0 1\n")
+    return root
+
+
+def settings(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_node_provisioning_options_survive_re_runs(tmp_path):
+    """--pps-gpio/--gps-device/--nmea-offset, and what the guide used to have users edit by
+    hand, are not reverted by a re-run; --force-config replaces them (keeping node.toml's keys)."""
+    bindir, _ = make_stubs(tmp_path)
+    root = pi_root(tmp_path)
+    config_txt = root / "boot" / "firmware" / "config.txt"
+    gpsd = root / "etc" / "default" / "gpsd"
+    chrony = root / "etc" / "chrony" / "conf.d" / "earwitness.conf"
+    node = root / "etc" / "earwitness" / "node.toml"
+    base = ("--node-id", "north-01", "--server", "tcp://server.example.org:5555", "--yes")
+    opts = ("--pps-gpio", "4", "--gps-device", "/dev/ttyAMA10", "--nmea-offset", "0.35")
+
+    r = rehearse(SCRIPTS[0], root, bindir, *base, *opts)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "dtoverlay=pps-gpio,gpiopin=4" in settings(config_txt)
+    assert "dtoverlay=pps-gpio,gpiopin=18" not in config_txt.read_text()
+    assert 'DEVICES="/dev/ttyAMA10 /dev/pps0"' in settings(gpsd)
+    assert "refclock SHM 0 refid NMEA offset 0.35 delay 0.2 noselect" in settings(chrony)
+    assert "ls -l /dev/pps0 /dev/ttyAMA10" in r.stdout
+    assert "--pps-gpio 4 --gps-device /dev/ttyAMA10 --nmea-offset 0.35 --credentials" in r.stdout
+    first = tree(root)
+
+    # the same options again: nothing changes, nothing to note
+    r = rehearse(SCRIPTS[0], root, bindir, *base, *opts)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert tree(root) == first and "differ from what this run would write" not in r.stdout
+
+    # options forgotten: the files are kept, and each is named in a one-line note
+    r = rehearse(SCRIPTS[0], root, bindir, *base)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert tree(root) == first
+    notes = [ln for ln in r.stdout.splitlines() if "differ from what this run would write" in ln]
+    assert len(notes) == 3, r.stdout
+    for path in (gpsd, chrony, config_txt):
+        assert any(str(path) in ln and "--force-config" in ln for ln in notes), path
+
+    # a hand edit (the chrony offset tuned, a comment added) is kept as well
+    chrony.write_text(chrony.read_text().replace("offset 0.35", "offset 0.42") + "# tuned by hand\n")
+    edited = chrony.read_bytes()
+    r = rehearse(SCRIPTS[0], root, bindir, *base, *opts)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert chrony.read_bytes() == edited and f"keeping {chrony}" in r.stdout
+
+    # --force-config: back to what the options say; node.toml is rewritten but keeps its keys
+    creds = tmp_path / "north-01.toml"
+    creds.write_text(enrolment("north-01", "tcp://server.example.org:5555"))
+    r = rehearse(SCRIPTS[0], root, bindir, *base, *opts, "--credentials", str(creds))
+    assert r.returncode == 0, r.stderr + r.stdout
+    node.write_text(node.read_text().replace('device = "hw:3,0"', 'device = "USB Audio"'))
+    r = rehearse(SCRIPTS[0], root, bindir, *base, "--force-config")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "dtoverlay=pps-gpio,gpiopin=18" in settings(config_txt)
+    assert config_txt.read_text().count("# >>> earwitness >>>") == 1
+    assert gpsd.read_text() == (DEPLOY / "gpsd" / "gpsd.default").read_text()
+    assert chrony.read_text() == (DEPLOY / "chrony" / "earwitness.conf").read_text()
+    cfg = load_node_config(node)
+    assert cfg.security.secret_key == "X" * 40 and cfg.audio.device == "hw:3,0"
+    assert node.read_text().count("[security]") == 1
+    assert "keeping the [security] keys" in r.stdout
+
+
+def test_node_provisioning_keeps_a_hand_edited_stock_install(tmp_path):
+    """Nodes set up before the options existed: the guide had users edit the files by hand."""
+    bindir, _ = make_stubs(tmp_path)
+    root = pi_root(tmp_path)
+    base = ("--node-id", "north-01", "--server", "tcp://server.example.org:5555", "--yes")
+    r = rehearse(SCRIPTS[0], root, bindir, *base)
+    assert r.returncode == 0, r.stderr + r.stdout
+    config_txt = root / "boot" / "firmware" / "config.txt"
+    gpsd = root / "etc" / "default" / "gpsd"
+    config_txt.write_text(config_txt.read_text().replace("gpiopin=18", "gpiopin=4"))
+    gpsd.write_text(gpsd.read_text().replace("/dev/ttyAMA0 /dev/pps0", "/dev/ttyAMA10 /dev/pps0"))
+    edited = tree(root)
+    r = rehearse(SCRIPTS[0], root, bindir, *base)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert tree(root) == edited
+    assert f"keeping {gpsd}" in r.stdout and "block in " + str(config_txt) in r.stdout
+    # the options that say the same: comments are brought up to date, settings stay
+    r = rehearse(SCRIPTS[0], root, bindir, *base, "--pps-gpio", "4", "--gps-device", "/dev/ttyAMA10")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "differ from what this run would write" not in r.stdout
+    assert "# The GPS pulse-per-second on GPIO4 " in config_txt.read_text()
+    assert 'DEVICES="/dev/ttyAMA10 /dev/pps0"' in settings(gpsd)
+
+
+def test_marker_block_edit_refuses_an_unclosed_block(tmp_path):
+    cfg = tmp_path / "config.txt"
+    text = "dtparam=audio=on\n# >>> earwitness >>>\nenable_uart=1\n[pi4]\narm_boost=1\n"
+    cfg.write_text(text)
+    r = source_and_run(SCRIPTS[0], f'edit_marker_block "{cfg}" "{DEPLOY / "pi" / "config.txt"}"')
+    assert r.returncode == 1 and "without its '# <<< earwitness <<<'" in r.stderr
+    assert cfg.read_text() == text
