@@ -51,10 +51,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 GENESIS = "0" * 64
 KINDS = ("insert", "update", "delete", "review")
-#: Tables the default loader may read, and each one's key column.
+#: Tables the default loader may read, and each one's key column: the tables
+#: whose rows the server's store seals (server/store.py).
 AUDITED_TABLES: Mapping[str, str] = {
     "events": "id", "shots": "id", "incidents": "id", "candidates": "id",
-    "event_outcomes": "event_id", "incident_updates": "id",
+    "event_outcomes": "event_id",
 }
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_EXACT_INT_FLOAT = 2.0**53

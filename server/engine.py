@@ -52,7 +52,11 @@ class Engine:
     """Association, solving and incident grouping over a stream of events.
 
     ``store``: where events, shots and outcomes are committed (None: in memory only).
-    ``ingest_event`` stores and queues an event (False for a duplicate node+seq);
+    ``ingest_batch(events)`` stores a batch of events in one committed
+    transaction and queues the new ones (per event ``"new"``, ``"duplicate"`` or
+    ``"conflict"``; the live server's way in); ``ingest_events`` is the same with
+    a True/False per event (the offline locator's); ``ingest_heartbeat(hb)``
+    records a node's position, health and watermark;
     ``advance(now)`` decides everything the network's watermark allows;
     ``finish()`` decides everything left (end of a recording or of a simulation).
     """
@@ -118,10 +122,6 @@ class Engine:
             self._resume(store)
 
     # ------------------------------------------------------------- inputs
-    def ingest_event(self, ev: Event, received_ns: int | None = None) -> bool:
-        """Store (committed) and queue one event. False if it was a duplicate."""
-        return self.ingest_events([ev], received_ns)[0]
-
     def ingest_events(self, events: list[Event], received_ns: int | None = None) -> list[bool]:
         """Store a batch of events in one committed transaction, then queue the new
         ones. Returns, per event, False for a duplicate (node id + seq seen before).
@@ -345,7 +345,14 @@ class Engine:
         return out
 
     def _decide(self, watermark_ns: int | None, deadline: float | None = None) -> list[ShotReport]:
-        learnt_before = self.assoc.learnt() if self.store is not None else None
+        """Decide what ``watermark_ns`` allows (None: everything) and record it in
+        one transaction. If recording fails — the database refuses the write
+        (StoreError) or anything else raises (a bug in the solver, the audit
+        chain) — nothing of the decision stands: the arrivals go back to the
+        association, the incidents, counters and learnt state are as before, and
+        the next step decides them again. A StoreError is logged and the step
+        returns no shots; any other exception is raised again after the undo."""
+        learnt_before = self.assoc.learnt()
         shots, rejected = self.assoc.step(watermark_ns, deadline)
         if not shots and not rejected:
             if self.review is not None and self.review.pending:
@@ -381,19 +388,21 @@ class Engine:
                     learnt = self.assoc.learnt()
                     if learnt != self._learnt_saved:
                         self.store.save_state(LEARNT_KEY, learnt)
-        except StoreError as exc:
+        except Exception as exc:
             # Nothing of this decision was stored (one transaction): undo it and
             # decide these arrivals again at the next step, when the disk may have
             # room. Shots are published only once they are on record.
             self.incidents, self.counters = tracker, counters
             # what these shots taught the association is learnt again when they are
             self.assoc.restore_learnt(learnt_before, self.cfg.solver.wind_sigma_mps)
-            self.counters["store_errors"] += 1
             for a in rejected:
                 self.assoc.add(a)
             for shot in shots:
                 for a in shot.arrivals:
                     self.assoc.add(a)
+            if not isinstance(exc, StoreError):
+                raise           # a bug: the caller reports it (IngestServer.advance counts and logs it)
+            self.counters["store_errors"] += 1
             if time.monotonic() - self._store_error_logged >= STORE_ERROR_LOG_S:
                 self._store_error_logged = time.monotonic()
                 log.error("could not record %d shot(s) and %d other event outcome(s): %s; "

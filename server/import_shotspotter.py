@@ -170,10 +170,20 @@ def fit_speed_of_sound(source_enu: np.ndarray,
 
 # ------------------------------------------------------------------ file access
 def _read_json(path: Path) -> Any:
+    """The JSON value in ``path``; a :class:`ShotSpotterError` naming the file
+    and what is wrong when it is missing, unreadable, not UTF-8 or not JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ShotSpotterError(f"{path}: missing; a ShotSpotter test folder needs this file") from None
+    except IsADirectoryError:
+        raise ShotSpotterError(f"{path}: a directory, not a JSON file; a ShotSpotter test folder needs this "
+                               "file") from None
+    except OSError as e:
+        raise ShotSpotterError(f"{path}: cannot read it ({e.strerror or e}); check its permissions") from None
+    except UnicodeDecodeError as e:
+        raise ShotSpotterError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); is it the data's JSON "
+                               "file, or was it damaged or re-encoded?") from None
     except json.JSONDecodeError as e:
         raise ShotSpotterError(f"{path}: not valid JSON: {e.msg} (line {e.lineno})") from None
 
@@ -395,6 +405,16 @@ def load_test(test_dir: str | Path, mode: Mode = "both") -> ShotSpotterTest:
 
 
 # ------------------------------------------------------------------ command line
+def _write(out_dir: str | Path, rs: RecordingSet, wav_paths: str) -> Path:
+    """:func:`write_set`, with a write failure reported as one (ShotSpotterError)."""
+    try:
+        return write_set(out_dir, rs, wav_paths=wav_paths)
+    except OSError as e:
+        raise ShotSpotterError(f"cannot write the recording set under {out_dir} "
+                               f"({e.filename or out_dir}: {e.strerror or e}); check that it is a "
+                               "writable folder") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``earwitness import-shotspotter SRC_DIR OUT_DIR [--mode picks|audio|both]``.
 
@@ -420,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not tests and any(Path(args.src_dir).glob("*.wav")):
             # a folder of sensor WAVs carrying their own metadata: one set
             rs = set_from_wavs(args.src_dir)
-            path = write_set(args.out_dir, rs, wav_paths=args.wav_paths)
+            path = _write(args.out_dir, rs, args.wav_paths)
             print(f"{len(rs.nodes)} sensor WAV(s) -> {path}")
             print(f"locate it with: earwitness locate {path.parent} --model-sigma-ms 7   (the timing error "
                   "ShotSpotter's street sensors showed in Pittsburgh; locate assumes it when reading the WAVs "
@@ -433,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts: dict[str, list[int]] = {}
         for test_dir in tests:
             t = load_test(test_dir, mode=args.mode)
-            write_set(out / t.firing_position / t.name, t.recording_set, wav_paths=args.wav_paths)
+            _write(out / t.firing_position / t.name, t.recording_set, args.wav_paths)
             c = counts.setdefault(t.firing_position, [0, 0, 0])
             c[0] += 1
             c[1] += t.num_rounds
@@ -441,8 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ShotSpotterError, RecordingSetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f"error: cannot write under {args.out_dir}: {e}", file=sys.stderr)
+    except OSError as e:      # reading the source folder (its files say so themselves)
+        print(f"error: cannot read {e.filename or args.src_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
     for fp, (n, rounds, arrivals) in sorted(counts.items()):
         print(f"{fp}: {n} tests, {rounds} rounds, {arrivals} arrivals -> {out / fp}")

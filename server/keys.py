@@ -133,7 +133,10 @@ def _write_file(path: Path, text: str, mode: int, *, overwrite: bool) -> None:
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError as exc:      # name the destination, not the temporary file
+                raise FileExistsError(exc.errno, exc.strerror, str(path)) from None
             os.unlink(tmp)
         _fsync_dir(path.parent)
     except BaseException:
@@ -287,12 +290,20 @@ def node_config_snippet(node_id: str, server_endpoint: str, server_public_key: s
     )
 
 
-def enroll(keydir: str | os.PathLike, node_id: str, server_endpoint: str) -> Enrolment:
+def enroll(keydir: str | os.PathLike, node_id: str, server_endpoint: str, *,
+           out: str | os.PathLike | None = None) -> Enrolment:
     """Create a key pair for ``node_id`` and put its public key in the allow-list.
 
+    ``out``: also write the node's config snippet (with its SECRET key) to this
+    file, mode 0600, never replacing an existing file. It is written before the
+    node is allow-listed, so if it cannot be written nothing is enrolled (and if
+    the allow-list cannot be written, the file is removed again): the node is
+    never enrolled with a secret key that was not delivered.
+
     Errors (KeyToolError): bad node id, bad endpoint, no server key, node already
-    enrolled (revoke it first to issue a new key). A node id that was revoked earlier
-    may be enrolled again; it gets a new key pair.
+    enrolled (revoke it first to issue a new key), ``out`` exists or cannot be
+    written. A node id that was revoked earlier may be enrolled again; it gets a
+    new key pair.
     """
     _check_node_id(node_id)
     if not isinstance(server_endpoint, str) or not _ENDPOINT_RE.match(server_endpoint):
@@ -308,17 +319,37 @@ def enroll(keydir: str | os.PathLike, node_id: str, server_endpoint: str) -> Enr
         raise KeyToolError(
             f"node {node_id} is already enrolled ({path}); to issue a new key run "
             f"`earwitness keys revoke {node_id} --dir {d}` first")
+    out_path = None if out is None else Path(out).absolute()
+    if out_path is not None:
+        if out_path.exists() or out_path.is_symlink():
+            raise KeyToolError(f"{out_path} exists; give --out a file name that does not exist yet "
+                               f"(it is never overwritten). Node {node_id} was not enrolled")
+        if not out_path.parent.is_dir():
+            raise KeyToolError(f"cannot write {out_path}: directory {out_path.parent} does not exist; "
+                               f"create it or choose another file. Node {node_id} was not enrolled")
     pub, sec = (k.decode("ascii") for k in zmq.curve_keypair())
+    config_toml = node_config_snippet(node_id, server_endpoint, server.public_key, pub, sec)
+    if out_path is not None:
+        try:
+            _write_file(out_path, config_toml, 0o600, overwrite=False)
+        except FileExistsError:
+            raise KeyToolError(f"{out_path} exists; give --out a file name that does not exist yet "
+                               f"(it is never overwritten). Node {node_id} was not enrolled") from None
+        except OSError as exc:
+            raise KeyToolError(f"cannot write {out_path} ({exc.strerror or exc}); choose another file. "
+                               f"Node {node_id} was not enrolled") from None
     meta = {"node-id": node_id, "created-utc-ns": str(time.time_ns())}
     try:
         _write_file(path, _cert_text("Public", pub, None, meta), 0o644, overwrite=False)
-    except FileExistsError:
-        raise KeyToolError(f"node {node_id} was enrolled concurrently ({path})") from None
+    except BaseException as exc:
+        if out_path is not None:      # its key was never allow-listed: do not leave it about
+            out_path.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
+            raise KeyToolError(f"node {node_id} was enrolled concurrently ({path})") from None
+        raise
     return Enrolment(
         node_id=node_id, public_key=pub, secret_key=sec, server_public_key=server.public_key,
-        server_endpoint=server_endpoint,
-        config_toml=node_config_snippet(node_id, server_endpoint, server.public_key, pub, sec),
-        public_path=path,
+        server_endpoint=server_endpoint, config_toml=config_toml, public_path=path,
     )
 
 
@@ -639,9 +670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"server key created in {args.dir}")
             print(f"server public key: {keys.public_key}")
         elif args.cmd == "enroll":
-            e = enroll(args.dir, args.node_id, args.server)
+            e = enroll(args.dir, args.node_id, args.server, out=args.out or None)
             if args.out:
-                _write_file(Path(args.out).resolve(), e.config_toml, 0o600, overwrite=False)
                 print(f"enrolled {e.node_id}; config with its secret key written to {args.out}",
                       file=sys.stderr)
             else:
@@ -664,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"earwitness keys {args.cmd}: {exc}", file=sys.stderr)
         return 1
     except FileExistsError as exc:
-        print(f"earwitness keys {args.cmd}: {exc.filename} exists; choose another file",
+        print(f"earwitness keys {args.cmd}: {exc.filename} exists; it was not replaced",
               file=sys.stderr)
         return 1
     except OSError as exc:

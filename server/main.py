@@ -27,9 +27,12 @@ def make_server(cfg: ServerConfig, on_shot=None):
     """Store + engine + sockets (+ CURVE and the allow-list when keys_dir is set).
 
     Returns ``(server, security)``; ``security`` is None in plaintext mode, else a
-    :class:`server.security.ServerSecurity` to ``close()`` after ``server.close()``.
-    Raises ConfigError for a config that would run unprotected by accident, and
-    RuntimeError (incl. KeyToolError) for a missing key directory or database.
+    :class:`server.security.ServerSecurity`. The caller owns all three — the
+    sockets, the security layer and the store (``server.engine.store``) — and
+    closes them with :func:`close_server`. Raises ConfigError for a config that
+    would run unprotected by accident, RuntimeError (incl. KeyToolError) for a
+    missing key directory or database, and zmq.ZMQError for an address in use;
+    on any error, whatever was opened (store, sockets, security) is closed again.
     """
     from server.engine import Engine
     from server.net import IngestServer
@@ -45,6 +48,7 @@ def make_server(cfg: ServerConfig, on_shot=None):
         from server.security import secure_server_options
 
         security = secure_server_options(cfg.keys_dir)   # ZAP handler runs before any bind
+    store = None
     try:
         store = Store(cfg.database)
         engine = Engine(cfg, store)
@@ -52,11 +56,25 @@ def make_server(cfg: ServerConfig, on_shot=None):
     except BaseException:
         if security is not None:
             security.close()
+        if store is not None:
+            store.close()
         raise
     if security is None:
         logging.getLogger("earwitness.server").warning(
             "plaintext mode: any node can connect and nothing is encrypted (allow_plaintext = true)")
     return server, security
+
+
+def close_server(server, security) -> None:
+    """Close what :func:`make_server` opened: the sockets, then the security
+    layer, then the store (its close runs the final WAL checkpoint)."""
+    try:
+        server.close()
+        if security is not None:
+            security.close()
+    finally:
+        if server.engine.store is not None:
+            server.engine.store.close()
 
 
 def main(argv: list[str]) -> int:
@@ -86,8 +104,6 @@ def main(argv: list[str]) -> int:
     try:
         server.run(stop)
     finally:
-        server.close()
-        if security is not None:
-            security.close()
+        close_server(server, security)
         log.info("stopped; counters: %s", server.stats())
     return 0

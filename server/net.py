@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from contextlib import nullcontext
 from typing import Callable
 
@@ -53,6 +54,11 @@ ASSOCIATION_SHARE = 0.1
 #: Messages queued per node connection before ZeroMQ stops reading from it
 #: (back-pressure: the node's events wait in its outbox).
 RCVHWM = 100
+#: How many of the latest published shots, and of the candidates, an
+#: :class:`IngestServer` keeps in memory (:attr:`IngestServer.reports`,
+#: :attr:`IngestServer.candidates`: the simulation reads them after a run). The
+#: store holds them all; the lists must not grow for a live server's life.
+KEEP_REPORTS = 10_000
 #: Reasons a message is rejected (keys of :attr:`IngestServer.rejects`).
 REJECT_REASONS = (
     "unknown-key",          # CURVE: the sender's key is not (or no longer) enrolled
@@ -115,13 +121,20 @@ class IngestServer:
     equal the node id and nothing is authenticated. ``curve_secret_key`` +
     ``identity_for`` are the lower-level way to the same (tests).
     ``on_shot``: called with every located shot (e.g. to print a JSON line).
+    ``keep_reports``: how many of the latest shots and candidates
+    :attr:`reports` and :attr:`candidates` keep (older ones drop out; the store
+    has them all).
     """
 
     def __init__(self, cfg: ServerConfig, engine: Engine, *, ctx: zmq.Context | None = None,
                  on_shot: Callable[[ShotReport], None] | None = None,
                  security=None,
                  curve_secret_key: bytes | None = None,
-                 identity_for: Callable[[str], str | None] | None = None) -> None:
+                 identity_for: Callable[[str], str | None] | None = None,
+                 keep_reports: int = KEEP_REPORTS) -> None:
+        if isinstance(keep_reports, bool) or not isinstance(keep_reports, int) or keep_reports < 0:
+            raise ValueError(f"keep_reports must be a whole number ≥ 0 (how many of the latest shots to "
+                             f"keep in memory), not {keep_reports!r}")
         self.cfg = cfg
         self.engine = engine
         self.on_shot = on_shot
@@ -132,7 +145,30 @@ class IngestServer:
             identity_for = security.identity_for
         self.identity_for = identity_for
         self._ctx = ctx or zmq.Context.instance()
+        self._sockets: list[zmq.Socket] = []     # what close() closes
+        try:
+            self._open_sockets(cfg, curve_secret_key, identity_for, security)
+        except BaseException:
+            self.close()          # e.g. the PUB address in use: do not leave the ROUTER bound
+            raise
+        self.counters: dict[str, int] = {
+            "received": 0, "rejected": 0, "acked": 0, "heartbeats": 0, "events_new": 0,
+            "duplicates": 0, "conflicts": 0, "store_failed": 0, "connections_cut": 0,
+            "engine_errors": 0}
+        self.rejects: dict[str, int] = {}
+        self._rlog = RateLimitedLog()
+        self._peer_keys: dict[str, str] = {}     # User-Id → node id, of keys seen delivering
+        self._last_hb: dict[str, int] = {}
+        #: The latest located shots and candidates published (newest last), for
+        #: the simulation's report; at most ``keep_reports`` of each (the store
+        #: holds them all).
+        self.reports: deque[ShotReport] = deque(maxlen=keep_reports)
+        self.candidates: deque[CandidateReport] = deque(maxlen=keep_reports)
+
+    def _open_sockets(self, cfg: ServerConfig, curve_secret_key: bytes | None,
+                      identity_for: Callable[[str], str | None] | None, security) -> None:
         r = self._ctx.socket(zmq.ROUTER)
+        self._sockets.append(r)
         r.setsockopt(zmq.LINGER, 0)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)       # unroutable ack → error, not silence
         r.setsockopt(zmq.ROUTER_HANDOVER, 1)        # a reconnecting node takes its id back at once
@@ -153,20 +189,11 @@ class IngestServer:
         self.router = r
         self.bound = r.getsockopt(zmq.LAST_ENDPOINT).decode()
         p = self._ctx.socket(zmq.PUB)
+        self._sockets.append(p)
         p.setsockopt(zmq.LINGER, 0)
         p.bind(cfg.publish)
         self.pub = p
         self.pub_bound = p.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.counters: dict[str, int] = {
-            "received": 0, "rejected": 0, "acked": 0, "heartbeats": 0, "events_new": 0,
-            "duplicates": 0, "conflicts": 0, "store_failed": 0, "connections_cut": 0,
-            "engine_errors": 0}
-        self.rejects: dict[str, int] = {}
-        self._rlog = RateLimitedLog()
-        self._peer_keys: dict[str, str] = {}     # User-Id → node id, of keys seen delivering
-        self._last_hb: dict[str, int] = {}
-        self.reports: list[ShotReport] = []
-        self.candidates: list[CandidateReport] = []
 
     # ------------------------------------------------------------- loop
     def run(self, stop: threading.Event, step_s: float = 0.05) -> None:
@@ -288,8 +315,10 @@ class IngestServer:
         return out
 
     def close(self) -> None:
-        self.router.close(linger=0)
-        self.pub.close(linger=0)
+        """Close the sockets. The engine and its store belong to whoever made
+        them (``earwitness server``: :func:`server.main.close_server`)."""
+        for sock in self._sockets:
+            sock.close(linger=0)
 
     # ---------------------------------------------------------- internals
     def _reject(self, reason: str, detail: str, exc_info: bool = False) -> None:

@@ -32,8 +32,11 @@ class _Node:
     problems: dict[str, str] = field(default_factory=dict)
 
 
-#: Heartbeat status fields whose non-empty text is a problem worth reporting.
-PROBLEM_FIELDS = ("audio_problem", "gps_problem", "clock_problem", "timing_detail", "pos_alert")
+#: Heartbeat status fields whose non-empty text is a problem worth reporting
+#: (one line when it appears or changes, one when it clears). ``timing_detail``
+#: is not one: it says why the timing is degraded, changes with every heartbeat
+#: ("PPS lost for 12.0 s"), and is shown in the line about ``timing_degraded``.
+PROBLEM_FIELDS = ("audio_problem", "gps_problem", "clock_problem", "pos_alert")
 
 
 def _problems(status: Mapping[str, Any]) -> dict[str, str]:
@@ -65,11 +68,10 @@ class NodeRegistry:
                                   + ("; its events are down-weighted" if degraded else ""), degraded))
         probs = _problems(status)
         for k, v in probs.items():
-            if k != "timing_detail" and n.problems.get(k) != v:
+            if n.problems.get(k) != v:
                 out.append(NodeChange(node_id, "problem", f"node {node_id} {k.replace('_', ' ')}: {v}", True))
         for k in set(n.problems) - set(probs):
-            if k != "timing_detail":
-                out.append(NodeChange(node_id, "problem-cleared", f"node {node_id} {k.replace('_', ' ')} cleared", False))
+            out.append(NodeChange(node_id, "problem-cleared", f"node {node_id} {k.replace('_', ' ')} cleared", False))
         n.problems = probs
         return out
 

@@ -85,18 +85,36 @@ def _node(path: Path, meta: dict) -> SetNode:
                    alt=number("geolocation", "elevation"), wav=path.absolute(), start_utc_ns=start_ns)
 
 
-def _weather(metas: list[dict]) -> tuple[float | None, Wind | None]:
-    weather = [m.get("weather") for m in metas]
-    air = [w for w in weather if isinstance(w, dict) and w.get("medium", "air") == "air"]
-    temps = [float(w["temperature"]) for w in air
-             if isinstance(w.get("temperature"), (int, float)) and not isinstance(w.get("temperature"), bool)]
-    winds = {(w.get("speed"), w.get("direction")) for w in air}
+def _weather(wavs: list[Path], metas: list[dict]) -> tuple[float | None, Wind | None]:
+    """The mean air temperature of the files that give one, and the wind when
+    every file gives the same. A ``weather`` that is there but is not an object,
+    or a temperature, speed or direction that is there (not null) but is not a
+    finite number, is a :class:`RecordingSetError` naming the file and field."""
+    air: list[dict[str, float | None]] = []
+    for path, m in zip(wavs, metas):
+        w = m.get("weather")
+        if w is None:
+            continue
+        if not isinstance(w, dict):
+            raise RecordingSetError(f"{path}: 'smj0' weather is {w!r}, expected a JSON object (or none); "
+                                    "fix or remove it in the file's metadata")
+        if w.get("medium", "air") != "air":
+            continue
+        vals: dict[str, float | None] = {}
+        for k in ("temperature", "speed", "direction"):
+            v = w.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise RecordingSetError(f"{path}: 'smj0' weather.{k} is {v!r}, expected a finite number "
+                                        "(or null when not known)")
+            vals[k] = None if v is None else float(v)
+        air.append(vals)
+    temps = [w["temperature"] for w in air if w["temperature"] is not None]
+    winds = {(w["speed"], w["direction"]) for w in air}
     wind = None
     if len(winds) == 1 and len(air) == len(metas):
         speed, direction = next(iter(winds))
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in (speed, direction)):
-            wind = Wind(speed_mps=float(speed), from_deg=float(direction))
+        if speed is not None and direction is not None:
+            wind = Wind(speed_mps=speed, from_deg=direction)
     return (sum(temps) / len(temps) if temps else None), wind
 
 
@@ -132,7 +150,7 @@ def set_from_wavs(folder: str | Path) -> RecordingSet:
             raise RecordingSetError(f"{p}: sensor {n.id} again (also {seen[n.id].name}); one recording per "
                                     "sensor: move the other into its own folder")
         seen[n.id] = p
-    temperature_c, wind = _weather(metas)
+    temperature_c, wind = _weather(wavs, metas)
     zones = sorted({str(m["zone"]["name"]) for m in metas
                     if isinstance(m.get("zone"), dict) and m["zone"].get("name")})
     return RecordingSet(path=None, temperature_c=temperature_c, nodes=tuple(nodes), wind=wind,

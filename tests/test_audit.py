@@ -264,7 +264,21 @@ def test_loader_whitelists_tables():
     with pytest.raises(A.AuditError, match="not audited"):
         load("audit", 1)
     assert load("events", 12345) is None
-    assert load("incident_updates", 1) is None          # allowed but absent table
+    assert A.load_row_sqlite(conn, {"gone": "id"})("gone", 1) is None     # allowed but absent table
+
+
+def test_the_audited_tables_are_the_stores_sealed_tables():
+    """Every table the default loader allows exists in the server's schema with
+    its key column: none is named that exists nowhere."""
+    from server.store import Store
+
+    st = Store(":memory:")
+    try:
+        for table, key in A.AUDITED_TABLES.items():
+            cols = [r[1] for r in st.conn.execute(f'PRAGMA table_info("{table}")')]
+            assert key in cols, f"{table}.{key} is not in the store's schema"
+    finally:
+        st.close()
 
 
 def test_canonical_row():

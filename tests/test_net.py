@@ -182,7 +182,7 @@ def test_candidates_for_review_are_published_on_their_own_topic(tmp_path, ctx):
         topic, body = sub.recv_multipart()
         doc = json.loads(body)
         assert topic == b"candidate" and doc["candidate"] >= 1 and sorted(doc["nodes"]) == sorted(nodes)
-        assert h.server.reports == [] and len(h.store.candidates()) == 1
+        assert list(h.server.reports) == [] and len(h.store.candidates()) == 1
 
 
 # ------------------------------------------------------------ hostile input
