@@ -17,7 +17,7 @@ from common.protocol import encode
 from node.outbox import Outbox
 from node.publisher import CurveClientKeys, Publisher
 from server import keys as K
-from server.main import make_server
+from server.main import close_server, make_server
 from server.security import secure_server_options
 from tests.test_net import dealer, harness, now_event, recv_acks, send_if_queued
 from tests.test_store import heartbeat
@@ -196,11 +196,12 @@ def test_make_server_needs_keys_or_explicit_plaintext(tmp_path, keydir):
         assert security is not None and server.security is security
         assert server.router.curve_server
     finally:
-        server.close()
-        security.close()
+        close_server(server, security)
     server, security = make_server(ServerConfig(**base, allow_plaintext=True))
-    assert security is None and not server.router.curve_server
-    server.close()
+    try:
+        assert security is None and not server.router.curve_server
+    finally:
+        close_server(server, security)
 
 
 def test_a_refused_node_says_which_key_is_wrong(tmp_path, keydir, ctx, caplog):
