@@ -37,6 +37,9 @@ NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_UTC_NS = 631_152_000 * 10**9
 MAX_UTC_NS = 7_258_118_400 * 10**9
 MAX_SEQ = 2**63 - 1
+#: An event's timing uncertainty (1 σ, ns) is at most 1 s: a node that cannot
+#: time an onset better says so with this, not with a larger figure.
+MAX_SIGMA_NS = 1e9
 
 
 class ProtocolError(ValueError):
@@ -250,7 +253,7 @@ def _event_ok(b: dict) -> bool:
               and type(b["alt"]) in _NUM and -1000 <= b["alt"] <= 10000
               and type(t) is int and MIN_UTC_NS <= t <= MAX_UTC_NS
               and type(t0) is int and MIN_UTC_NS <= t0 <= MAX_UTC_NS
-              and type(b["sigma_ns"]) in _NUM and 0 <= b["sigma_ns"] <= 1e9
+              and type(b["sigma_ns"]) in _NUM and 0 <= b["sigma_ns"] <= MAX_SIGMA_NS
               and type(sr) in _NUM and 1000 <= sr <= 400_000
               and type(b["peak_dbfs"]) in _NUM and -400 <= b["peak_dbfs"] <= 100
               and type(b["snr_db"]) in _NUM and -100 <= b["snr_db"] <= 400
@@ -298,7 +301,7 @@ def _validate(kind: str, b: dict) -> None:
         return
     # event
     _time(kind, b, "snippet_t0_ns")
-    _check(_is_num(b.get("sigma_ns")) and 0 <= b["sigma_ns"] <= 1e9, kind, "sigma_ns",
+    _check(_is_num(b.get("sigma_ns")) and 0 <= b["sigma_ns"] <= MAX_SIGMA_NS, kind, "sigma_ns",
            "must be a finite number of ns in 0..1e9")
     _check(_is_num(b.get("sample_rate_hz")) and 1000 <= b["sample_rate_hz"] <= 400_000, kind,
            "sample_rate_hz", "must be in 1000..400000")

@@ -13,12 +13,20 @@ reference name or address, stratum, reference time (Unix s), system time offset
 frequency (ppm), skew (ppm), root delay (s), root dispersion (s), update interval
 (s), leap status ("Normal", "Insert second", "Delete second", "Not synchronised").
 
+The ``problem`` texts carry no running figures (the error bound itself is in
+``clock_error_bound_us``), so the same trouble gives the same text at every
+reading: the node logs it once, and its heartbeats see no change of state.
+
+:func:`timebase_clock_error` turns a reading into what the ``system`` timebase
+adds to each event's σ and whether it marks events degraded.
+
 Monitoring needs no privileges: as a non-root user chronyc falls back from the Unix
 socket to 127.0.0.1:323, which chronyd answers for ``tracking`` by default.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -26,6 +34,12 @@ from typing import Any, Callable, Sequence
 CHRONYC_ARGS = ("-n", "-c", "tracking")
 LEAP_STATUSES = ("Normal", "Insert second", "Delete second", "Not synchronised")
 _N_FIELDS = 14
+#: 1-σ error (ns) given to the system clock while chrony is not synchronised or
+#: cannot be read (or its error bound is larger still). Its real error is then
+#: unknown — seconds or more after a boot without a real-time clock — so this
+#: only has to be large: at 0.1 s (34 m of sound) the server gives such arrivals
+#: next to no weight, while an event's σ stays within the protocol's 1e9 ns.
+UNSYNCED_CLOCK_SIGMA_NS = 1e8
 
 
 class ChronyParseError(ValueError):
@@ -85,10 +99,13 @@ class ClockHealth:
 
 def _float(parts: Sequence[str], i: int, name: str) -> float:
     try:
-        return float(parts[i])
+        v = float(parts[i])
     except ValueError:
-        raise ChronyParseError(f"chronyc tracking field {i + 1} ({name}) is not a number: "
-                               f"{parts[i]!r}") from None
+        v = math.nan
+    if not math.isfinite(v):
+        raise ChronyParseError(f"chronyc tracking field {i + 1} ({name}) is not a finite "
+                               f"number: {parts[i]!r}")
+    return v
 
 
 def parse_tracking(text: str, *, max_error_s: float = 0.001) -> ClockHealth:
@@ -131,7 +148,7 @@ def parse_tracking(text: str, *, max_error_s: float = 0.001) -> ClockHealth:
         problem = ("chrony is not synchronised to any source — check 'chronyc sources -v' "
                    "(GPS/PPS refclock or NTP server reachable?)")
     elif bound > max_error_s:
-        problem = (f"clock error bound {bound * 1e3:.3g} ms exceeds {max_error_s * 1e3:g} ms "
+        problem = (f"clock error bound exceeds {max_error_s * 1e3:g} ms "
                    f"(following {name or ref_id}, stratum {stratum}) — is the GPS PPS "
                    f"refclock selected? check 'chronyc sources -v'")
     else:
@@ -142,6 +159,25 @@ def parse_tracking(text: str, *, max_error_s: float = 0.001) -> ClockHealth:
         freq_ppm=freq, residual_freq_ppm=resid, skew_ppm=skew, root_delay_s=delay,
         root_dispersion_s=disp, update_interval_s=interval, leap_status=leap,
         error_bound_s=bound if synced else None)
+
+
+def timebase_clock_error(health: ClockHealth) -> tuple[float, str]:
+    """What the ``system`` timebase needs from a chrony reading:
+    (the clock's 1-σ error in ns, why it is not fit for GPS-grade timing or "").
+
+    The σ is chrony's error bound, |offset| + root dispersion + root delay / 2: a
+    bound, so as a σ it errs on the safe side. Not synchronised, unreadable, or a
+    bound above :data:`UNSYNCED_CLOCK_SIGMA_NS`: that value. The reason is
+    non-empty whenever ``health.problem`` is (not synchronised, or the bound is
+    beyond the ``max_error_s`` it was read with); it is a short fixed text
+    pointing at the heartbeat's ``clock_problem``. Pure.
+    """
+    if not health.synced or health.error_bound_s is None:
+        return UNSYNCED_CLOCK_SIGMA_NS, "system clock not synchronised by chrony (see clock_problem)"
+    sigma = min(max(0.0, health.error_bound_s) * 1e9, UNSYNCED_CLOCK_SIGMA_NS)
+    if health.problem:
+        return sigma, "system clock error bound too large for GPS-grade timing (see clock_problem)"
+    return sigma, ""
 
 
 def read_clock_health(run: Callable[..., subprocess.CompletedProcess] = subprocess.run, *,

@@ -406,6 +406,11 @@ class GpsState:
     since that fix arrived. ``pps_offset_ns``/``toff_offset_ns``: GPS time minus
     system time at the last PPS edge / serial fix (> 0: system clock behind).
     ``problem``: one line saying what is wrong and what to check; "" when healthy.
+    It holds no running figures, so the same trouble keeps the same text (the
+    node logs it once; heartbeats see no change of state): how long there has
+    been no fix is ``no_fix_s``, and ``detail`` has the figures for a log line.
+    ``no_fix_s``: seconds since the last fix (or since the client started, if
+    there was none), None while there is a fix.
     """
 
     connected: bool
@@ -431,6 +436,20 @@ class GpsState:
     gpsd_release: str
     bad_lines: int
     problem: str
+    no_fix_s: float | None = None
+
+    @property
+    def detail(self) -> str:
+        """The figures behind a "no fix" problem for a log line ("no fix for 35 s,
+        9 satellites seen, 7 used"); "" with a fix. Changes at every reading,
+        so it is not part of the problem text."""
+        if self.no_fix_s is None:
+            return ""
+        sats = ""
+        if self.sats_seen is not None or self.sats_used is not None:
+            sats = (f", {self.sats_seen if self.sats_seen is not None else '?'} satellites seen, "
+                    f"{self.sats_used if self.sats_used is not None else '?'} used")
+        return f"no fix for {self.no_fix_s:.0f} s{sats}"
 
     def to_status(self) -> dict[str, Any]:
         """Flat scalar map for heartbeats (keys prefixed ``gps_``)."""
@@ -444,6 +463,7 @@ class GpsState:
             "gps_sats_used": self.sats_used,
             "gps_sats_seen": self.sats_seen,
             "gps_age_s": r(self.age_s, 2),
+            "gps_no_fix_s": r(self.no_fix_s, 1),
             "gps_pps_offset_us": None if self.pps_offset_ns is None else round(self.pps_offset_ns / 1e3, 3),
             "gps_pps_age_s": r(self.pps_age_s, 2),
             "gps_toff_offset_ms": None if self.toff_offset_ns is None else round(self.toff_offset_ns / 1e6, 3),
@@ -460,14 +480,19 @@ def summarize(feed: GpsFeed, now_mono_ns: int, *, endpoint: str, stale_fix_s: fl
 
     A fix counts (``has_fix``) while connected, when the last TPV had mode ≥ 2 and
     arrived within ``stale_fix_s``. The problem text, in order of precedence:
-    still connecting; gpsd not reachable; gpsd has no receiver; no fix (for how
-    long, with the satellite counts); 2-D fix only; gpsd's own last ERROR message.
+    still connecting; gpsd not reachable; gpsd has no receiver; no fix (with what
+    to check: the antenna's sky view, or the receiver's cable when it sends no
+    position reports at all); 2-D fix only; gpsd's own last ERROR message. How
+    long without a fix is ``no_fix_s``, not part of the text.
     """
     tpv_age = _age(feed.tpv_mono_ns, now_mono_ns)
     fresh = feed.connected and tpv_age is not None and tpv_age <= stale_fix_s
     mode = feed.mode if fresh else 0
     fix_age = _age(feed.fix_mono_ns, now_mono_ns)
     has_fix = fresh and feed.mode >= 2 and fix_age is not None and fix_age <= stale_fix_s
+    no_fix_s = None
+    if not has_fix:
+        no_fix_s = fix_age if fix_age is not None else _age(feed.started_mono_ns, now_mono_ns) or 0.0
 
     if not feed.connected and feed.conn_error == CONNECTING:
         problem = f"connecting to gpsd at {endpoint}"
@@ -479,15 +504,10 @@ def summarize(feed: GpsFeed, now_mono_ns: int, *, endpoint: str, stale_fix_s: fl
         problem = (f"gpsd at {endpoint} has no GPS receiver open — check the cable and "
                    f"DEVICES in /etc/default/gpsd")
     elif not has_fix:
-        since = fix_age if fix_age is not None else _age(feed.started_mono_ns, now_mono_ns) or 0.0
-        sats = ""
-        if feed.sats_seen is not None or feed.sats_used is not None:
-            sats = (f" ({feed.sats_seen if feed.sats_seen is not None else '?'} satellites seen, "
-                    f"{feed.sats_used if feed.sats_used is not None else '?'} used)")
         hint = " — is the antenna connected and does it see the sky?"
         if tpv_age is None or not fresh:
             hint = " — no position reports from the receiver; check its cable and baud rate"
-        problem = f"no fix for {since:.0f} s{sats}{hint}"
+        problem = f"no fix{hint}"
     elif mode == 2:
         problem = "2-D fix only (altitude unknown) — give the antenna a clearer view of the sky"
     elif feed.gpsd_error:
@@ -503,7 +523,7 @@ def summarize(feed: GpsFeed, now_mono_ns: int, *, endpoint: str, stale_fix_s: fl
         pps_offset_ns=feed.pps_offset_ns, pps_age_s=_age(feed.pps_mono_ns, now_mono_ns),
         toff_offset_ns=feed.toff_offset_ns, toff_age_s=_age(feed.toff_mono_ns, now_mono_ns),
         devices=feed.devices, gpsd_release=feed.gpsd_release, bad_lines=feed.bad_lines,
-        problem=problem[:MAX_STATUS_TEXT])
+        problem=problem[:MAX_STATUS_TEXT], no_fix_s=no_fix_s)
 
 
 # ------------------------------------------------------------------ client

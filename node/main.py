@@ -25,23 +25,43 @@ log = logging.getLogger("earwitness.node")
 
 
 def make_source(cfg: NodeConfig):
+    """The audio adapter ``[audio] source`` names. It delivers all its channels at
+    its own sample rate (a WAV file's rate may differ from ``[audio] sample_rate``;
+    the node uses ``source.sample_rate``); a ``mic_channel`` it lacks is a ConfigError."""
     a = cfg.audio
     if a.source == "sounddevice":
         from node.sd_audio import SoundDeviceSource
 
-        return SoundDeviceSource(a)
-    if a.source == "wav":
+        source = SoundDeviceSource(a)
+    elif a.source == "wav":
         if not a.wav_path:
             raise ConfigError("[audio] source = \"wav\" needs wav_path (and wav_start_utc)")
         from node.wav_source import WavSource
 
-        return WavSource(a.wav_path, blocksize=max(a.blocksize, 4800), channel=a.mic_channel)
-    raise ConfigError(f"[audio] source = {a.source!r} is only for `earwitness sim`; use \"sounddevice\" or \"wav\"")
+        source = WavSource(a.wav_path, blocksize=max(a.blocksize, 4800))
+    else:
+        raise ConfigError(f"[audio] source = {a.source!r} is only for `earwitness sim`; "
+                          "use \"sounddevice\" or \"wav\"")
+    if not 0 <= a.mic_channel < source.channels:
+        what = (f"{a.wav_path} has {source.channels} channel(s)" if a.source == "wav"
+                else f"[audio] channels = {source.channels}")
+        raise ConfigError(f"[audio] mic_channel = {a.mic_channel}, but {what}; channels count from 0: "
+                          f"set mic_channel to 0..{source.channels - 1}")
+    return source
 
 
 def make_timebase(cfg: NodeConfig, sample_rate: float):
+    """The timebase ``[timebase] mode`` names, at the source's ``sample_rate`` (Hz).
+
+    ``"system"`` needs live audio (it fits the callback times of a sound card): a
+    WAV replay has none, so that combination is a ConfigError naming what to use."""
     mode = cfg.timebase.mode
     if mode == "system":
+        if cfg.audio.source == "wav":
+            raise ConfigError("[timebase] mode = \"system\" stamps live audio from the sound card's callback "
+                              "times, but [audio] source = \"wav\" has none: use mode = \"fixed\" with "
+                              "[audio] wav_start_utc (UTC of the file's first sample), or \"pps-audio\" if "
+                              "the file recorded the GPS PPS in a channel")
         from node.timebase_system import SystemClockTimebase
 
         return SystemClockTimebase(cfg.timebase, sample_rate)
@@ -64,16 +84,28 @@ def make_timebase(cfg: NodeConfig, sample_rate: float):
 
 class NodeServices:
     """GPS, survey-in, clock health and system metrics, refreshed in a background
-    thread so that a slow gpsd or chronyc never stalls the audio pipeline."""
+    thread so that a slow gpsd or chronyc never stalls the audio pipeline.
 
-    def __init__(self, cfg: NodeConfig, outbox) -> None:
-        from node.chrony import read_clock_health
+    ``timebase``: the node's timebase. When it is the system-clock one
+    (``[timebase] mode = "system"``, whose times are the chrony-disciplined system
+    clock), every refresh hands it chrony's error bound and whether chrony is
+    synchronised (:func:`node.chrony.timebase_clock_error`); the PPS-in-audio and
+    fixed timebases do not take their time from the system clock and get nothing.
+
+    Each problem (gps, position, clock) is logged once when it appears or
+    changes and once when it clears: problem texts carry no running figures."""
+
+    def __init__(self, cfg: NodeConfig, outbox, timebase=None) -> None:
+        from node.chrony import read_clock_health, timebase_clock_error
         from node.survey import Survey, fix_from_gps
         from node.sysmetrics import SysMetricsSampler
+        from node.timebase_system import SystemClockTimebase
 
         self.cfg = cfg
         self.outbox = outbox
         self._read_clock = read_clock_health
+        self._clock_error = timebase_clock_error
+        self._system_timebase = timebase if isinstance(timebase, SystemClockTimebase) else None
         self._fix_from_gps = fix_from_gps
         self.gps = None
         if cfg.gps.enabled:
@@ -91,10 +123,17 @@ class NodeServices:
         self.refresh()
         self._thread.start()
 
-    def _note(self, what: str, problem: str) -> None:
-        if problem and self._problems.get(what) != problem:
-            log.warning("%s: %s", what, problem)
-        elif not problem and self._problems.get(what):
+    def _note(self, what: str, problem: str, detail: str = "") -> None:
+        """Log ``what``'s problem when it appears or changes, and "OK again" when it
+        clears ("" = no problem). ``detail`` (running figures: for how long, how
+        far) goes into that one log line but is not compared."""
+        old = self._problems.get(what, "")
+        if problem and problem != old:
+            if detail:
+                log.warning("%s: %s (%s)", what, problem, detail)
+            else:
+                log.warning("%s: %s", what, problem)
+        elif not problem and old:
             log.info("%s: OK again", what)
         self._problems[what] = problem
 
@@ -105,14 +144,17 @@ class NodeServices:
             g = self.gps.state()
             self.survey.update(self._fix_from_gps(g), now)
             st.update(g.to_status())
-            self._note("gps", g.problem)
+            self._note("gps", g.problem, g.detail)
         sv = self.survey.status(now)
         st.update(sv.to_status())
-        for alert in sv.alerts:
-            self._note("position", alert.message)
+        self._note("position", sv.problem, sv.detail)     # "" clears it
         clock = self._read_clock()
         st.update(clock.to_status())
         self._note("clock", clock.problem)
+        if self._system_timebase is not None:
+            # Runs in this health thread, not the audio thread: set_clock_error
+            # swaps one tuple (atomic in CPython), so no lock is needed.
+            self._system_timebase.set_clock_error(*self._clock_error(clock))
         m = self.sys.sample()
         st.update(m.to_status())
         ob = self.outbox.stats()
@@ -158,7 +200,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_node_config(args.config)
         source = make_source(cfg)
-        timebase = make_timebase(cfg, cfg.audio.sample_rate)
+        timebase = make_timebase(cfg, source.sample_rate)   # a WAV file's own rate
     except (ConfigError, ValueError) as exc:
         print(f"earwitness node: {exc}", file=sys.stderr)
         return 2
@@ -181,13 +223,13 @@ def main(argv: list[str]) -> int:
         return 2
     else:
         log.warning("no [security] keys: talking plaintext; the server accepts that only with allow_plaintext")
-    services = NodeServices(cfg, outbox)
+    services = NodeServices(cfg, outbox, timebase)
     publisher = Publisher(cfg.id, cfg.server, outbox, cfg.publisher, curve=curve)
     recorder = None
     if args.record:
         from node.recorder import Recorder
 
-        recorder = Recorder(args.record, cfg.id, cfg.audio.sample_rate, cfg.audio.mic_channel,
+        recorder = Recorder(args.record, cfg.id, source.sample_rate, cfg.audio.mic_channel,
                             timebase.to_utc_ns, services.position, detector=cfg.detector)
     runner = NodeRunner(cfg, source, timebase, publisher, services.position, status=services.status,
                         tap=recorder.write if recorder else None)

@@ -1,11 +1,13 @@
 """The node's bounded, persistent outbox: at-least-once delivery to the server.
 
-Every message the node sends (events, heartbeats) gets a sequence number from
-:meth:`Outbox.next_seq`, is stored with :meth:`Outbox.put` *before* it is sent, is
+Every event the node reports gets a sequence number from :meth:`Outbox.next_seq`
+(node/pipeline.py), is stored with :meth:`Outbox.put` *before* it is sent, is
 (re)sent from :meth:`Outbox.due` until the server acknowledges it, and is removed by
-:meth:`Outbox.ack`. ZeroMQ silently loses what was in flight when a peer dies (see
-FIELD-NOTES); the outbox is what makes that loss temporary. The server deduplicates
-on ``(node_id, seq)``.
+:meth:`Outbox.ack` (node/publisher.py). ZeroMQ silently loses what was in flight
+when a peer dies (see FIELD-NOTES); the outbox is what makes that loss temporary.
+The server deduplicates on ``(node_id, seq)``. Heartbeats never come here: the
+publisher sends them directly, numbered by the pipeline's own heartbeat counter
+(a stale heartbeat is worth nothing, the next one supersedes it).
 
 Storage: one SQLite file in WAL mode with ``synchronous=FULL``. Why FULL and not
 NORMAL: in WAL mode NORMAL does not fsync at commit, so after a power cut the last
@@ -23,9 +25,12 @@ The file is opened with ``locking_mode=EXCLUSIVE``: a second process cannot open
 same outbox (it would reuse sequence numbers and break the item count).
 
 Bound: at most ``max_items`` items. When full, ``put`` first drops the oldest
-low-value item (priority 0: heartbeats, snippet-only reports); a low-value item
-arriving when only events are stored is itself dropped; otherwise the oldest item
-overall goes. Drops are counted (``stats()``) for the heartbeat to report.
+low-value item (priority 0); a low-value item arriving when only events are
+stored is itself dropped; otherwise the oldest item overall goes. Drops are
+counted (``stats()``) for the heartbeat to report. The node stores only events
+(priority 1) today, so when full it drops the oldest event; the low-value tier is
+there for a kind of message worth less than any event (none exists yet) and is
+covered by the outbox's own tests.
 
 A full disk (SQLITE_FULL) raises :class:`OutboxFullError`; the transaction is rolled
 back, nothing already stored is lost or corrupted, and the outbox keeps working
@@ -187,8 +192,9 @@ class Outbox:
     def put(self, seq: int, frames: list[bytes], priority: int = PRIORITY_EVENT) -> None:
         """Store a message (its encoded frames) durably before it is first sent.
 
-        ``priority``: 0 = low value (heartbeat, snippet-only), 1 = event. Applies the
-        drop policy when ``max_items`` is reached. Raises ValueError for a bad
+        ``priority``: 1 = event (all the node stores today), 0 = low value, dropped
+        before any event (no such message yet). Applies the drop policy when
+        ``max_items`` is reached. Raises ValueError for a bad
         argument or a ``seq`` already stored, OutboxFullError if the disk is full
         (nothing changed then).
         """

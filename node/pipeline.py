@@ -7,6 +7,7 @@ audio adapter's own callback thread only copies blocks into a queue.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -16,11 +17,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from common.config import NodeConfig, Position
-from common.protocol import Event, Heartbeat
+from common.config import ConfigError, NodeConfig, Position
+from common.protocol import MAX_SIGMA_NS, Event, Heartbeat
 from node.audio import AudioBlock, AudioDeviceError, AudioSource, EndOfStream
 from node.detector import Detector, Onset
 from node.outbox import OutboxError
+from node.publisher import HOLD_MAX_S
 from node.timebase import Timebase
 
 log = logging.getLogger("earwitness.node")
@@ -29,7 +31,8 @@ VERSION = "0.1.0"
 #: Gather audio into chunks of this many seconds before processing (fewer,
 #: larger numpy calls: a fifth of the CPU of 10 ms blocks; adds ≤ 0.1 s latency).
 BATCH_S = 0.1
-#: Onsets kept in memory at most while the outbox cannot take them (disk full).
+#: Onsets kept in memory at most while they cannot be sent (no position yet, no
+#: timing yet, outbox full); beyond it the oldest are dropped (counted in health).
 HELD_MAX = 10_000
 
 
@@ -43,13 +46,15 @@ class RunSummary:
 
 def onset_to_event(onset: Onset, *, node_id: str, seq: int, timebase: Timebase, sample_rate_hz: float,
                    position: Position) -> Event:
-    """Stamp a detector onset with UTC from the timebase and wrap it as an Event."""
+    """Stamp a detector onset with UTC from the timebase and wrap it as an Event.
+    Its σ is the timebase's and the pick's in quadrature, at most the protocol's
+    ``MAX_SIGMA_NS`` (a timebase with no fit yet says 1 s)."""
     st = timebase.status()
     pick_sigma_ns = onset.sigma_samples / sample_rate_hz * 1e9
     return Event(
         node_id=node_id, seq=seq,
         t_utc_ns=timebase.to_utc_ns(onset.frame),
-        sigma_ns=float(math.hypot(st.sigma_ns, pick_sigma_ns)),
+        sigma_ns=min(float(math.hypot(st.sigma_ns, pick_sigma_ns)), MAX_SIGMA_NS),
         sample_rate_hz=float(sample_rate_hz),
         peak_dbfs=float(max(onset.peak_dbfs, -400.0)),
         snr_db=float(np.clip(onset.snr_db, -100.0, 400.0)),
@@ -71,7 +76,11 @@ def status_states(status: Mapping[str, Any]) -> frozenset:
 
 
 def backoff_s(attempt: int, first_s: float = 1.0, max_s: float = 30.0) -> float:
-    """Delay before retry number ``attempt`` (0-based): 1, 2, 4, … capped at 30 s."""
+    """Delay before retry number ``attempt`` (0-based): 1, 2, 4, … capped at 30 s.
+
+    The node's one retry back-off for the audio device: :class:`NodeRunner`
+    counts the attempts since audio last flowed (reset by the first block after
+    a restart, not by a successful open)."""
     return min(max_s, first_s * 2.0 ** max(0, attempt))
 
 
@@ -84,7 +93,18 @@ class NodeRunner:
     ``status``: returns extra heartbeat fields (GPS, clock, system metrics).
     ``heartbeat_stream_s``: also send a heartbeat every this many seconds of audio
     (lets a faster-than-real-time simulation advance the server's watermark).
-    ``tap``: also called with every block processed (e.g. the recorder).
+    ``tap``: also called with every block processed (e.g. the recorder). If it
+    raises (a full disk while recording), it is logged once, reported in the
+    heartbeat status as ``record_problem`` and not called again; detection goes on.
+
+    The detector runs at the source's sample rate (a WAV file's own rate, which
+    may differ from ``[audio] sample_rate``) on column ``[audio] mic_channel`` of
+    the source's blocks (every adapter delivers all its channels); a
+    ``mic_channel`` the source does not have is a ConfigError here.
+    Onsets that cannot be sent yet (no position, no timing yet, outbox full) are
+    held in memory, at most ``HELD_MAX`` (the oldest are dropped beyond that,
+    counted as ``events_held_dropped``), and hold the heartbeat watermark back
+    for up to ``HOLD_MAX_S`` each, like unacked events in the publisher.
     """
 
     def __init__(self, cfg: NodeConfig, source: AudioSource, timebase: Timebase, publisher,
@@ -100,11 +120,23 @@ class NodeRunner:
         self.position = position
         self.status_fn = status
         self.sleep = sleep
-        self.fs = float(cfg.audio.sample_rate)
+        channels = int(source.channels)
+        if not 0 <= cfg.audio.mic_channel < channels:
+            raise ConfigError(f"[audio] mic_channel = {cfg.audio.mic_channel}, but the audio source has "
+                              f"{channels} channel(s) (0-based): set mic_channel to 0..{channels - 1}")
+        self.fs = float(source.sample_rate)
+        if self.fs != float(cfg.audio.sample_rate):
+            log.info("audio: the source runs at %g Hz ([audio] sample_rate = %d is not used for it)",
+                     self.fs, cfg.audio.sample_rate)
         self.detector = Detector(cfg.detector, self.fs)
         self.heartbeat_stream_s = heartbeat_stream_s
         self.tap = tap
-        self._held: list[Onset] = []
+        #: onsets not sent yet, each with the monotonic time it was first held
+        self._held: list[tuple[Onset, float]] = []
+        self._held_dropped = 0
+        self._timing_problem = ""
+        self._record_problem = ""
+        self._attempt = 0           # device retries since audio last flowed
         self._hb_seq = 0
         self._events = 0
         self._last_event_wall = -1e18      # monotonic time of the last event reported
@@ -124,7 +156,7 @@ class NodeRunner:
     # ---------------------------------------------------------------- run
     def run(self, stop: threading.Event | None = None) -> RunSummary:
         stop = stop or threading.Event()
-        attempt = 0
+        self._attempt = 0
         started = False
         self._heartbeat()           # say hello (and where we are) before any audio
         while not stop.is_set():
@@ -132,10 +164,6 @@ class NodeRunner:
                 if not started:
                     self.source.start()
                     started = True
-                    if self._problem:
-                        log.info("audio device is back: %s", self.cfg.audio.device or "default")
-                        self._problem = ""
-                    attempt = 0
                 block = self._read_batch()
             except EndOfStream:
                 self._handle(self.detector.flush())
@@ -145,8 +173,8 @@ class NodeRunner:
             except AudioDeviceError as exc:
                 self._device_errors += 1
                 started = False
-                delay = backoff_s(attempt)
-                attempt += 1
+                delay = backoff_s(self._attempt)
+                self._attempt += 1
                 if str(exc) != self._problem:
                     log.error("audio: %s — retrying in %.0f s", exc, delay)
                 self._problem = str(exc)
@@ -173,10 +201,20 @@ class NodeRunner:
         while self.publisher.unacked and time.monotonic() < end and not stop.is_set():
             self.publisher.pump(50)
 
+    def _audio_flows(self) -> None:
+        """A block arrived: the device works, so the next failure retries from scratch."""
+        self._attempt = 0
+        if self._problem:
+            log.info("audio device is back: %s", self.cfg.audio.device or "default")
+            self._problem = ""
+
     def _read_batch(self) -> AudioBlock | None:
+        """About ``BATCH_S`` of contiguous audio, or None if nothing came. A device
+        failure mid-batch is raised only after the blocks read so far are processed."""
         first = self.source.read(0.2)
         if first is None:
             return None
+        self._audio_flows()
         blocks = [first]
         frames = first.frames
         deadline = time.monotonic() + BATCH_S
@@ -185,6 +223,9 @@ class NodeRunner:
                 nxt = self.source.read(max(0.0, deadline - time.monotonic()))
             except EndOfStream:
                 break
+            except AudioDeviceError:
+                self._process(self._merge(blocks))
+                raise
             if nxt is None:
                 break
             if nxt.first_frame != blocks[-1].first_frame + blocks[-1].frames:
@@ -205,43 +246,88 @@ class NodeRunner:
 
     def _process(self, block: AudioBlock) -> None:
         if self.tap is not None:
-            self.tap(block)
+            try:
+                self.tap(block)
+            except Exception as exc:  # recording is optional: a full disk must not stop detection
+                self._record_problem = f"recording stopped: {exc}"
+                log.error("%s; detection goes on", self._record_problem)
+                self.tap = None
         if block.overflow:
             self._overflows += 1
         if block.first_frame != self.detector.frames_seen:
             gap = block.first_frame - self.detector.frames_seen
             log.warning("audio: %d frames lost before frame %d; the detector restarts", gap, block.first_frame)
-            self.detector = _restarted(self.detector, self.cfg, self.fs, block.first_frame)
+            # finish the triggers still waiting for samples after them, with the samples there are
+            self._handle(self.detector.flush())
+            self.detector = Detector(self.cfg.detector, self.fs, start_frame=block.first_frame)
         mic = block.samples[:, self.cfg.audio.mic_channel]
         self._peak_recent = max(self._peak_recent, float(np.max(np.abs(mic))) if mic.size else 0.0)
         self._clipped_recent += int(np.count_nonzero(np.abs(mic) >= 0.999))
         self._handle(self.detector.process(mic))
 
+    def _hold(self, pending: list[tuple[Onset, float]]) -> None:
+        """Keep onsets that cannot be sent yet: the newest ``HELD_MAX``."""
+        excess = len(pending) - HELD_MAX
+        if excess > 0:
+            if not self._held_dropped:
+                log.error("holding more than %d events that cannot be sent yet (no position, no timing "
+                          "or outbox full): dropping the oldest (counted in events_held_dropped)", HELD_MAX)
+            self._held_dropped += excess
+            pending = pending[excess:]
+        self._held = pending
+
     def _handle(self, onsets: list[Onset]) -> None:
-        pos = self.position()
-        if pos is None:
-            self._held.extend(onsets)
-            return
-        pending = self._held + onsets
+        now = time.monotonic()
+        pending = self._held + [(o, now) for o in onsets]
         self._held = []
-        for k, onset in enumerate(pending):
+        if not pending:
+            return
+        pos = self.position()
+        if pos is None:               # the server cannot use an event without a position
+            self._hold(pending)
+            return
+        for k, (onset, _since) in enumerate(pending):
+            try:
+                ev = onset_to_event(onset, node_id=self.cfg.id, seq=0, timebase=self.timebase,
+                                    sample_rate_hz=self.fs, position=pos)
+            except RuntimeError as exc:       # the timebase has no timing yet: keep the onsets, say so once
+                if not self._timing_problem:
+                    log.warning("timing: %s — holding %d event(s) until the timebase can stamp them",
+                                exc, len(pending) - k)
+                self._timing_problem = str(exc) or "no timing yet"
+                self._hold(pending[k:])
+                return
             try:
                 seq = self.publisher.outbox.next_seq()
             except OutboxError as exc:        # disk full: keep the onsets, say so once
-                self._held = pending[k:][-HELD_MAX:]
+                self._hold(pending[k:])
                 if not self._outbox_problem:
                     log.error("outbox: %s — holding %d event(s) in memory until there is space",
                               exc, len(self._held))
                 self._outbox_problem = str(exc)
                 return
-            ev = onset_to_event(onset, node_id=self.cfg.id, seq=seq, timebase=self.timebase,
-                                sample_rate_hz=self.fs, position=pos)
-            self.publisher.submit(ev)
+            self.publisher.submit(dataclasses.replace(ev, seq=seq))
             self._events += 1
             self._last_event_wall = time.monotonic()
+        if self._timing_problem:
+            log.info("timing: events can be stamped again")
+        self._timing_problem = ""
         if self._outbox_problem:
             log.info("outbox: writable again")
         self._outbox_problem = ""
+
+    def _held_cap_ns(self) -> int | None:
+        """Just before the earliest onset still held (and held for less than
+        ``HOLD_MAX_S``), or None when none is. When the timebase cannot stamp it
+        yet, the last mark sent: the watermark then does not move."""
+        since = time.monotonic() - HOLD_MAX_S
+        frames = [o.frame for o, held_at in self._held if held_at >= since]
+        if not frames:
+            return None
+        try:
+            return self.timebase.to_utc_ns(min(frames)) - 1
+        except RuntimeError:
+            return self._last_mark
 
     # ----------------------------------------------------------- heartbeats
     def _maybe_heartbeat(self) -> None:
@@ -258,19 +344,28 @@ class NodeRunner:
     def stream_watermark_ns(self, final: bool = False) -> int:
         """UTC time before which this node will report no further onsets.
 
-        From the timebase while audio flows; while the audio device is down (or
-        before the timebase has any timing) nothing earlier than now can come
-        from this node, so the wall clock — otherwise a node with a dead
-        microphone would hold the whole network's association back."""
+        From the timebase while audio flows: a trigger still waiting for the
+        samples after it is at most ``need_after`` frames old, and its onset
+        lies at most ``need_before`` frames before it (the pick window and the
+        look-back, as far back as the detector keeps audio for a pending
+        trigger). While the audio device is down (or before the timebase has any
+        timing) nothing earlier than now can come from the audio, so the wall
+        clock — otherwise a node with a dead microphone would hold the whole
+        network's association back. Either way the mark stays before every onset
+        held back unsent (no position, no timing, outbox full) for less than
+        ``HOLD_MAX_S``; it never goes back."""
         frames = self.detector.frames_seen
         if not final:
-            frames -= self.detector.need_after + self.detector.pick_pre
+            frames -= self.detector.need_after + self.detector.need_before
         try:
             mark = self.timebase.to_utc_ns(max(0, frames))
         except RuntimeError:
             mark = 0
         if self._problem or mark == 0:
             mark = max(mark, time.time_ns())
+        cap = self._held_cap_ns()
+        if cap is not None:
+            mark = min(mark, cap)
         self._last_mark = max(self._last_mark, mark)
         return self._last_mark
 
@@ -289,6 +384,12 @@ class NodeRunner:
             "events_total": self._events, "position_known": pos is not None,
             "final": final,
         }
+        if self._held_dropped:
+            status["events_held_dropped"] = self._held_dropped
+        if self._record_problem:
+            status["record_problem"] = self._record_problem[:200]
+        if self._timing_problem:
+            status["timing_problem"] = self._timing_problem[:200]
         for k, v in self.source.stats().items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 status[f"audio_{k}"] = v
@@ -316,7 +417,3 @@ class NodeRunner:
             self._peak_recent = 0.0
             self._clipped_recent = 0
 
-
-def _restarted(old: Detector, cfg: NodeConfig, fs: float, first_frame: int) -> Detector:
-    det = Detector(cfg.detector, fs, start_frame=first_frame)
-    return det

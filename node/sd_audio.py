@@ -27,9 +27,11 @@ by the frames that elapsed while the device was down (estimated from the monoton
 clock), so frame indices stay roughly aligned with time, and the first new block has
 ``overflow`` set so the timebase knows continuity is broken.
 
-Retry policy: the pipeline calls ``start()`` after an AudioDeviceError, waiting
-``backoff_delays()`` between attempts (1 s, 2 s, 4 s … capped at 30 s), and resets the
-sequence once blocks flow again.
+Retry policy: the pipeline (:class:`node.pipeline.NodeRunner`) calls ``start()``
+after an AudioDeviceError, waiting :func:`node.pipeline.backoff_s` between attempts
+(1 s, 2 s, 4 s … capped at 30 s), and resets the sequence once blocks flow again
+(not when ``start()`` merely succeeds: a device that opens but delivers nothing
+keeps backing off).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import importlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -46,19 +47,6 @@ from common.config import AudioConfig
 from node.audio import AudioBlock, AudioDeviceError
 
 _PORTAUDIO_FIX = "install it with: apt-get install libportaudio2"
-
-
-def backoff_delays(first_s: float = 1.0, max_s: float = 30.0,
-                   factor: float = 2.0) -> Iterator[float]:
-    """Endless retry delays in seconds: first_s, first_s·factor, … capped at max_s."""
-    if first_s <= 0 or max_s < first_s or factor < 1.0:
-        raise ValueError(
-            f"backoff needs 0 < first_s <= max_s and factor >= 1, got "
-            f"first_s={first_s}, max_s={max_s}, factor={factor}")
-    d = float(first_s)
-    while True:
-        yield d
-        d = min(d * factor, float(max_s))
 
 
 def _import_sounddevice() -> ModuleType:

@@ -90,7 +90,11 @@ class SurveyResult:
 
 @dataclass(frozen=True)
 class MovedAlert:
-    """Recent fixes are consistently far from the reference position."""
+    """Recent fixes are consistently far from the reference position.
+
+    ``message`` is fixed for one kind of trouble (no running figures: the node
+    logs it once per change and its heartbeats see no change of state); the
+    figures are in the fields and in ``detail``."""
 
     distance_m: float
     limit_m: float
@@ -101,14 +105,23 @@ class MovedAlert:
 
     @property
     def message(self) -> str:
-        return (f"node moved: fixes for the last {self.window_s:.0f} s are {self.distance_m:.0f} m "
-                f"from the {self.reference} position (limit {self.limit_m:g} m) — check the mounting, "
-                f"then re-survey or correct [node.position]")
+        return (f"node moved: recent fixes are more than {self.limit_m:g} m from the "
+                f"{self.reference} position — check the mounting, then re-survey or "
+                f"correct [node.position]")
+
+    @property
+    def detail(self) -> str:
+        """The running figures, for a log line."""
+        return (f"fixes for the last {self.window_s:.0f} s are {self.distance_m:.0f} m "
+                f"from the {self.reference} position")
 
 
 @dataclass(frozen=True)
 class FixLostAlert:
-    """No usable fix for ``since_s`` seconds (``ever``: False if never had one)."""
+    """No usable fix for ``since_s`` seconds (``ever``: False if never had one).
+
+    ``message`` does not count the seconds (see :class:`MovedAlert`); ``since_s``
+    and ``detail`` do."""
 
     since_s: float
     ever: bool
@@ -116,8 +129,15 @@ class FixLostAlert:
     @property
     def message(self) -> str:
         if not self.ever:
-            return f"no GPS fix since start ({self.since_s:.0f} s) — check the antenna and gpsd"
-        return f"GPS fix lost {self.since_s:.0f} s ago — check the antenna and gpsd"
+            return "no GPS fix since start — check the antenna and gpsd"
+        return "GPS fix lost — check the antenna and gpsd"
+
+    @property
+    def detail(self) -> str:
+        """The running figures, for a log line."""
+        if not self.ever:
+            return f"no fix in the {self.since_s:.0f} s since start"
+        return f"fix lost {self.since_s:.0f} s ago"
 
 
 Alert = MovedAlert | FixLostAlert
@@ -141,14 +161,32 @@ class SurveyStatus:
     n_rejected: int
     alerts: tuple[Alert, ...] = ()
 
+    @property
+    def problem(self) -> str:
+        """The alerts' messages in one line ("" without alerts); fixed while the
+        same alerts stand."""
+        return "; ".join(a.message for a in self.alerts)
+
+    @property
+    def detail(self) -> str:
+        """The alerts' running figures in one line, for a log line."""
+        return "; ".join(a.detail for a in self.alerts)
+
     def to_status(self) -> dict[str, Any]:
-        """Flat scalar map for heartbeats (keys prefixed ``pos_``)."""
+        """Flat scalar map for heartbeats (keys prefixed ``pos_``). ``pos_alert`` is
+        :attr:`problem`; ``pos_fix_lost_s`` (seconds without a fix) and
+        ``pos_moved_m`` (median distance of the recent fixes from the reference)
+        are None without that alert."""
+        lost = next((a for a in self.alerts if isinstance(a, FixLostAlert)), None)
+        moved = next((a for a in self.alerts if isinstance(a, MovedAlert)), None)
         return {
             "pos_state": self.state,
             "pos_sigma_h_m": None if self.sigma_h_m is None else round(self.sigma_h_m, 2),
             "pos_progress": round(self.progress, 3),
             "pos_n_fixes": self.n_fixes,
-            "pos_alert": "; ".join(a.message for a in self.alerts)[:256],
+            "pos_alert": self.problem[:256],
+            "pos_fix_lost_s": None if lost is None else round(lost.since_s, 1),
+            "pos_moved_m": None if moved is None else round(moved.distance_m, 1),
         }
 
 

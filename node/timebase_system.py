@@ -32,9 +32,13 @@ Each audio block brings its first frame index, PortAudio's ADC time of that fram
    re-anchor with a known rate). ``sigma_ns`` = √(se² + s² + clock²): se = the line's
    standard error at the newest frame, s = the scatter of the bin minima about the
    line (the envelope's unknown bias is of that order), clock = the system clock's
-   own error against UTC (``clock_sigma_ns``; feed chrony's figure with
-   :meth:`SystemClockTimebase.set_clock_sigma_ns`). The constant ADC/USB latency
-   ``cfg.latency_s`` is subtracted and assumed exact.
+   own error against UTC. The fit only follows the system clock, so it cannot see
+   that clock's error: :meth:`SystemClockTimebase.set_clock_error` supplies it (the
+   node's health thread feeds chrony's error bound there every refresh, see
+   ``NodeServices`` in node/main.py; ``clock_sigma_ns`` until then). Degraded while
+   unlocked, and while the clock has a problem (chrony not synchronised, or its
+   error bound beyond the limit); ``detail`` then says which. The constant ADC/USB
+   latency ``cfg.latency_s`` is subtracted and assumed exact.
 """
 
 from __future__ import annotations
@@ -118,8 +122,8 @@ class SystemClockTimebase:
     ``bin_s`` (lower-envelope bin), ``min_lock_s`` (data span needed for a fresh lock;
     default max(5 s, fit_window_s / 4), at most half the window), ``reanchor_s`` (span
     needed after a step when the rate is known), ``step_threshold_s`` / ``step_blocks``
-    (step detection), ``clock_sigma_ns`` (the system clock's error, added to σ),
-    ``max_rate_error_ppm`` (a fitted rate further off than this is not a lock).
+    (step detection), ``clock_sigma_ns`` (the system clock's 1-σ error, added to σ,
+    until :meth:`set_clock_error` gives a current one), ``max_rate_error_ppm`` (a fitted rate further off than this is not a lock).
     """
 
     #: Move the origin when the newest point is this far (ns, ~11.6 days) from it, so
@@ -150,7 +154,9 @@ class SystemClockTimebase:
         self._reanchor_frames = reanchor_s * self._fs
         self._gate_ns = step_threshold_s * NS_PER_S
         self._step_blocks = int(step_blocks)
-        self._clock_sigma_ns = float(clock_sigma_ns)
+        # (σ ns, problem) of the system clock; one tuple, see set_clock_error.
+        self._clock: tuple[float, str] = (0.0, "")
+        self.set_clock_error(clock_sigma_ns)
         self._max_ppm = float(max_rate_error_ppm)
         self._latency_ns = round(cfg.latency_s * NS_PER_S)
 
@@ -185,9 +191,26 @@ class SystemClockTimebase:
         self._fit_free = False
         self._fit_stats = (0, 0.0, 0.0, 0.0, math.inf)  # (m, xbar, sxx, span, s)
 
-    def set_clock_sigma_ns(self, sigma_ns: float) -> None:
-        """The system clock's current 1-σ error vs UTC (e.g. from chronyc tracking)."""
-        self._clock_sigma_ns = max(0.0, float(sigma_ns))
+    def set_clock_error(self, sigma_ns: float, problem: str = "") -> None:
+        """The system clock's current error against UTC (e.g. from chrony).
+
+        ``sigma_ns``: its 1-σ error (ns, finite, ≥ 0), added to every σ from now on.
+        ``problem``: why the clock is not fit for GPS-grade timing ("" when it is);
+        while it is non-empty :meth:`status` is degraded and its ``detail`` says so.
+        Raises ValueError for a negative or non-finite ``sigma_ns`` (nothing changes).
+
+        May be called from another thread than the audio thread (the node calls it
+        from its health thread): both values are replaced by one assignment of a
+        tuple, which is atomic in CPython, and :meth:`status` reads that attribute
+        once, so it sees the old pair or the new one, never a mix, and no lock is
+        needed that could make the audio thread wait.
+        """
+        sigma = float(sigma_ns)
+        if not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"clock sigma_ns must be a finite number ≥ 0, got {sigma_ns!r}")
+        if not isinstance(problem, str):
+            raise ValueError(f"clock problem must be a text, got {problem!r}")
+        self._clock = (sigma, problem)
 
     # ------------------------------------------------------------ observe
     def _update_source(self, block: AudioBlock) -> str:
@@ -380,7 +403,7 @@ class SystemClockTimebase:
         slope = self._fit[2] if self._fit is not None else (self._prior_slope or self._ns_per_frame)
         return NS_PER_S / slope
 
-    def _sigma_at(self, frame: float) -> float:
+    def _sigma_at(self, frame: float, clock_sigma_ns: float) -> float:
         m, xbar, sxx, _span, s = self._fit_stats
         if self._fit is None or m == 0:
             return math.inf
@@ -389,14 +412,17 @@ class SystemClockTimebase:
             se2 = s * s * (1.0 / m + (xq - xbar) ** 2 / sxx)
         else:  # offset only, slope from before the re-anchor: allow 0.1 ppm of slope error
             se2 = s * s / m + (1e-7 * self._ns_per_frame * (xq - xbar)) ** 2
-        return math.sqrt(se2 + s * s + self._clock_sigma_ns ** 2)
+        return math.sqrt(se2 + s * s + clock_sigma_ns ** 2)
 
     def status(self) -> TimingStatus:
-        """Lock, 1-σ uncertainty at the newest frame, rate, and why if degraded."""
+        """Lock, 1-σ uncertainty at the newest frame, rate, and why if degraded
+        (not locked, or the system clock has a problem: :meth:`set_clock_error`)."""
+        clock_sigma, clock_problem = self._clock     # read once: see set_clock_error
         m, _xbar, _sxx, span, _s = self._fit_stats
         rate = self.rate_hz()
         ppm = (rate / self._fs - 1.0) * 1e6
-        sigma = self._sigma_at(self._last_frame) if self._last_frame is not None else math.inf
+        sigma = (self._sigma_at(self._last_frame, clock_sigma)
+                 if self._last_frame is not None else math.inf)
         need = self._min_lock_frames if self._fit_free else self._reanchor_frames
         detail = ""
         if self._n0 is None:
@@ -414,10 +440,13 @@ class SystemClockTimebase:
             detail = "audio overflow (frames lost?): checking the next blocks against the fit"
         else:
             locked = True
+        if clock_problem:
+            detail = f"{detail}; {clock_problem}" if detail else clock_problem
         if not math.isfinite(sigma):
             sigma = 1e9
         return TimingStatus(mode=self.mode, locked=locked, sigma_ns=float(sigma),
-                            degraded=not locked, rate_hz=rate, detail=detail)
+                            degraded=not locked or bool(clock_problem), rate_hz=rate,
+                            detail=detail)
 
     def stats(self) -> dict:
         """Counters for heartbeats and debugging."""

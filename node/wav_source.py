@@ -215,45 +215,42 @@ def write_wav(path: str | Path, x: np.ndarray, sample_rate_hz: int) -> Path:
 
 
 class WavSource:
-    """Replays one channel of a WAV file as :class:`~node.audio.AudioBlock` values.
+    """Replays a WAV file as :class:`~node.audio.AudioBlock` values.
 
-    Blocks are (blocksize, 1) float32 (the last one may be shorter) with
+    Like every :class:`~node.audio.AudioSource`, it delivers all the file's
+    channels: blocks are (blocksize, ``channels``) float32 (the last one may be
+    shorter) and the consumer picks its channels (``[audio] mic_channel`` for the
+    detector, ``[timebase] pps_channel`` for a PPS timebase). ``sample_rate`` and
+    ``channels`` are the file's, known once the header is checked. Blocks carry
     ``first_frame`` counted from the file's first sample and no real-time clock
     (``adc_time_s`` None, ``mono_ns`` = ``wall_ns`` = 0); after the last block
     ``read`` raises :class:`~node.audio.EndOfStream`. Reading is as fast as the
     consumer asks; use a ``fixed`` timebase with the file's start time.
     """
 
-    channels = 1
-
-    def __init__(self, path: str | Path, blocksize: int = 480, channel: int = 0) -> None:
+    def __init__(self, path: str | Path, blocksize: int = 480) -> None:
         """Check the file's header now (WavError if unusable); samples load in start()."""
         if blocksize < 1:
             raise ValueError(f"blocksize must be >= 1 frame, got {blocksize}")
-        if channel < 0:
-            raise ValueError(f"channel must be >= 0, got {channel}")
         self.path = Path(path)
         self.blocksize = int(blocksize)
-        self.channel = int(channel)
         self.info = wav_info(self.path)
-        if self.channel >= self.info.channels:
-            raise WavError(
-                f"{self.path}: channel {self.channel} requested but the file has "
-                f"{self.info.channels} channel(s) (0-based)")
+        self.channels = int(self.info.channels)
         self.sample_rate = float(self.info.sample_rate_hz)
         self._samples: np.ndarray | None = None
         self._pos = 0
         self._state = "stopped"
 
     def start(self) -> None:
-        """Load the samples (WavError if the file changed into something unusable)."""
+        """Load the samples (WavError if the file changed its rate or channel count
+        since the header was checked)."""
         if self._samples is not None:
             return
         x, rate = read_wav(self.path)
-        if self.channel >= x.shape[1]:
-            raise WavError(f"{self.path}: file changed: it now has {x.shape[1]} channel(s)")
-        self._samples = np.ascontiguousarray(x[:, self.channel:self.channel + 1])
-        self.sample_rate = float(rate)
+        if x.shape[1] != self.channels or float(rate) != self.sample_rate:
+            raise WavError(f"{self.path}: file changed: it now has {x.shape[1]} channel(s) at {rate} Hz, "
+                           f"not {self.channels} at {self.sample_rate:g} Hz")
+        self._samples = np.ascontiguousarray(x)
         self._pos = 0
         self._state = "running"
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from node.chrony import ChronyParseError, ClockHealth, parse_tracking, read_clock_health
+from node.chrony import (UNSYNCED_CLOCK_SIGMA_NS, ChronyParseError, ClockHealth, parse_tracking,
+                         read_clock_health, timebase_clock_error)
+from node.pipeline import status_states
 
 PPS_LOCKED = ("50505300,PPS,1,1541793798.895264285,-0.000001007,0.000000291,0.000000239,"
               "-17.957,0.000,0.005,0.000001000,0.000010123,16.0,Normal")
@@ -73,7 +75,8 @@ def test_ntp_synced_line_and_error_bound_limit():
     assert h.freq_ppm == pytest.approx(-18.484)
     bound = 5.2616e-5 + 0.001274664 + 0.011188857 / 2
     assert h.error_bound_s == pytest.approx(bound)
-    assert h.problem.startswith("clock error bound 6.92 ms exceeds 1 ms")
+    assert h.problem.startswith("clock error bound exceeds 1 ms (following 85.199.214.100, stratum 2)")
+    assert h.to_status()["clock_error_bound_us"] == pytest.approx(bound * 1e6, abs=1e-3)
     assert parse_tracking(NTP_SYNCED, max_error_s=0.01).problem == ""
 
 
@@ -85,6 +88,8 @@ def test_ntp_synced_line_and_error_bound_limit():
     (PPS_LOCKED.replace(",1,1541", ",one,1541"), "stratum"),
     (PPS_LOCKED.replace("-17.957", "fast"), "frequency"),
     (PPS_LOCKED.replace("Normal", "Weird"), "leap status"),
+    (PPS_LOCKED.replace("0.000010123", "nan"), "root dispersion"),
+    (PPS_LOCKED.replace("0.000001000", "inf"), "root delay"),
 ])
 def test_malformed_output_raises_a_clear_error(text, words):
     with pytest.raises(ChronyParseError) as ei:
@@ -98,6 +103,31 @@ def test_to_status_is_flat_and_small():
     assert st["clock_offset_us"] == pytest.approx(-1.007)
     assert all(k.startswith("clock_") for k in st) and len(st) <= 10
     assert all(v is None or isinstance(v, (bool, int, float, str)) for v in st.values())
+
+
+def test_loose_clock_problem_text_does_not_change_with_the_bound():
+    # Two readings of the same NTP-grade clock with different bounds: the same
+    # problem and the same heartbeat states (the bound is a measurement).
+    other = NTP_SYNCED.replace("0.001274664", "0.002274664")
+    a, b = parse_tracking(NTP_SYNCED), parse_tracking(other)
+    assert a.error_bound_s != b.error_bound_s
+    assert a.problem == b.problem != ""
+    assert status_states(a.to_status()) == status_states(b.to_status())
+
+
+def test_timebase_clock_error_pps_ntp_unsynced_unreadable():
+    sigma, why = timebase_clock_error(parse_tracking(PPS_LOCKED))
+    assert sigma == pytest.approx((1.007e-6 + 10.123e-6 + 0.5e-6) * 1e9) and why == ""
+    sigma, why = timebase_clock_error(parse_tracking(NTP_SYNCED))     # 6.92 ms, above 1 ms
+    assert sigma == pytest.approx(6.918e6, rel=1e-3) and "clock_problem" in why
+    assert timebase_clock_error(parse_tracking(NTP_SYNCED, max_error_s=0.01))[1] == ""
+    sigma, why = timebase_clock_error(parse_tracking(UNSYNCED))
+    assert sigma == UNSYNCED_CLOCK_SIGMA_NS and "not synchronised" in why
+    sigma, why = timebase_clock_error(ClockHealth(False, "chronyc not found"))
+    assert sigma == UNSYNCED_CLOCK_SIGMA_NS and "not synchronised" in why
+    # a synchronised clock whose bound is beyond the cap gets the cap (protocol limit 1e9 ns)
+    huge = NTP_SYNCED.replace("0.001274664", "5.0")
+    assert timebase_clock_error(parse_tracking(huge))[0] == UNSYNCED_CLOCK_SIGMA_NS
 
 
 # ------------------------------------------------------------ fake chronyc

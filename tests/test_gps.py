@@ -151,7 +151,8 @@ def test_summarize_healthy_then_stale_then_lost():
     # gpsd goes quiet: the last fix is kept but no longer counts.
     st = summarize(f, t0 + 35 * S, endpoint="h:1", stale_fix_s=3.0)
     assert not st.has_fix and st.mode == 0 and st.lat == 10.0
-    assert st.problem.startswith("no fix for 35 s")
+    assert st.problem.startswith("no fix — no position reports") and st.no_fix_s == pytest.approx(35.0)
+    assert st.detail == "no fix for 35 s, 9 satellites seen, 7 used"
     # gpsd went away a moment ago: the fresh fix no longer counts
     gone = note_connection(f, False, t0 + S // 2, "gpsd closed the connection")
     st = summarize(gone, t0 + S // 2, endpoint="h:1")
@@ -160,7 +161,27 @@ def test_summarize_healthy_then_stale_then_lost():
     f2 = apply_report(f, TpvReport(mode=1), t0 + 10 * S)
     st = summarize(f2, t0 + 10 * S, endpoint="h:1")
     assert not st.has_fix and st.mode == 1
-    assert st.problem.startswith("no fix for 10 s (9 satellites seen, 7 used)")
+    assert st.problem == "no fix — is the antenna connected and does it see the sky?"
+    assert st.detail == "no fix for 10 s, 9 satellites seen, 7 used"
+
+
+def test_no_fix_problem_text_is_fixed_and_its_duration_is_a_measurement():
+    from node.pipeline import status_states
+    t0 = 1000 * S
+    f = apply_report(_feed_with_fix(t0), TpvReport(mode=1), t0 + 5 * S)   # receiver: no fix
+    states, problems = set(), set()
+    for k, dt in enumerate((10, 15, 20, 25)):      # TPVs keep coming, still no fix
+        f = apply_report(f, TpvReport(mode=1), t0 + dt * S)
+        st = summarize(f, t0 + dt * S + S // 4, endpoint="h:1")
+        assert not st.has_fix and st.no_fix_s == pytest.approx(dt + 0.25)
+        assert st.to_status()["gps_no_fix_s"] == pytest.approx(dt + 0.2, abs=0.06)
+        assert st.detail.startswith(f"no fix for {dt} s")
+        problems.add(st.problem)
+        states.add(status_states(st.to_status()))
+    assert problems == {"no fix — is the antenna connected and does it see the sky?"}
+    assert len(states) == 1                        # heartbeats stay lean while GPS is down
+    ok = summarize(_feed_with_fix(t0), t0 + S // 2, endpoint="h:1")
+    assert ok.no_fix_s is None and ok.detail == "" and ok.to_status()["gps_no_fix_s"] is None
 
 
 def test_summarize_problem_texts():
@@ -256,7 +277,7 @@ def test_silent_server_does_not_block_and_is_reconnected():
         t = time.monotonic()
         st = c.state()                                     # instant, despite the silence
         assert time.monotonic() - t < 0.05
-        assert st.problem.startswith("no fix for")
+        assert st.problem.startswith("no fix")
         deadline = time.monotonic() + 3
         while srv.connections < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -422,7 +443,7 @@ def test_real_gpsd_no_fix_sentences_give_no_fix_problem(gpsd):
         st = c.wait_for(lambda s: s.sats_seen is not None, 3.0)
         assert st is not None, c.state()
         assert not st.has_fix and st.sats_seen > 0
-        assert st.problem.startswith("no fix for") and "satellites seen" in st.problem
+        assert st.problem.startswith("no fix") and "satellites seen" in st.detail
 
 
 def test_real_gpsd_restart_is_reconnected(gpsd):

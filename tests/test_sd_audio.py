@@ -16,7 +16,7 @@ import pytest
 from common.config import AudioConfig, TimebaseConfig
 from node import sd_audio
 from node.audio import AudioDeviceError, AudioSource
-from node.sd_audio import SoundDeviceSource, backoff_delays
+from node.sd_audio import SoundDeviceSource
 from node.timebase_system import SystemClockTimebase
 
 
@@ -100,15 +100,6 @@ def _cfg(**kw) -> AudioConfig:
     base = dict(device="USB Mic", sample_rate=48_000, channels=2, blocksize=480)
     base.update(kw)
     return AudioConfig(**base)
-
-
-def test_backoff_delays():
-    it = backoff_delays(1.0, 30.0)
-    assert [next(it) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
-    with pytest.raises(ValueError):
-        next(backoff_delays(0.0, 30.0))
-    with pytest.raises(ValueError):
-        next(backoff_delays(5.0, 1.0))
 
 
 def test_portaudio_missing_gives_install_hint(monkeypatch):

@@ -115,7 +115,8 @@ def test_configured_position_overrides_and_still_detects_a_move():
     moved = [a for a in alerts if isinstance(a, MovedAlert)]
     assert len(moved) == 1 and moved[0].reference == "configured"
     assert moved[0].distance_m == pytest.approx(60, abs=3)
-    assert "node moved" in moved[0].message and "limit 25 m" in moved[0].message
+    assert "node moved" in moved[0].message and "more than 25 m" in moved[0].message
+    assert moved[0].detail == f"fixes for the last 60 s are {moved[0].distance_m:.0f} m from the configured position"
     assert s.status(t).position == TRUE            # never silently replaced
 
 
@@ -151,13 +152,43 @@ def test_fix_lost_alert_before_and_after_a_fix():
     assert s.status(120.0).alerts == ()
     a = s.status(131.0).alerts
     assert len(a) == 1 and isinstance(a[0], FixLostAlert) and not a[0].ever
-    assert "no GPS fix since start (31 s)" in a[0].message
+    assert a[0].message.startswith("no GPS fix since start")
+    assert a[0].detail == "no fix in the 31 s since start"
     s.update(fix_at(0, 0, 0, tid=1), 140.0)
     assert s.status(150.0).alerts == ()
     s.update(None, 160.0)
     lost = s.status(175.0).alerts
     assert len(lost) == 1 and lost[0].ever and lost[0].since_s == pytest.approx(35.0)
-    assert lost[0].message.startswith("GPS fix lost 35 s ago")
+    assert lost[0].message.startswith("GPS fix lost") and lost[0].detail == "fix lost 35 s ago"
+
+
+def test_alert_texts_are_fixed_and_their_figures_are_measurements():
+    from node.pipeline import status_states
+    s = Survey(survey_s=600, move_alert_m=25, fix_lost_s=30)
+    s.update(fix_at(0, 0, 0, tid=1), 100.0)
+    texts, states = set(), set()
+    for t in (140.0, 145.0, 150.0):
+        st = s.status(t)
+        texts.add(st.problem)
+        states.add(status_states(st.to_status()))
+        assert st.to_status()["pos_fix_lost_s"] == pytest.approx(t - 100.0)
+        assert st.detail == f"fix lost {t - 100.0:.0f} s ago"
+    assert texts == {"GPS fix lost — check the antenna and gpsd"} and len(states) == 1
+    s.update(fix_at(0, 0, 0, tid=2), 155.0)
+    back = s.status(155.0)
+    assert back.problem == "" and back.detail == "" and back.to_status()["pos_fix_lost_s"] is None
+
+
+def test_moved_alert_text_does_not_carry_the_distance():
+    s = Survey(survey_s=600, move_alert_m=25, configured=TRUE, move_window_s=60)
+    rng = np.random.default_rng(3)
+    t = run_survey(s, rng.normal(0, 2, (90, 3)) + [60, 0, 0])
+    a = s.status(t)
+    t2 = run_survey(s, rng.normal(0, 2, (10, 3)) + [70, 0, 0], t0=t)
+    b = s.status(t2)
+    assert a.problem == b.problem and a.problem.startswith("node moved")
+    assert a.to_status()["pos_moved_m"] != b.to_status()["pos_moved_m"]
+    assert a.to_status()["pos_moved_m"] == pytest.approx(60, abs=3)
 
 
 def test_same_fix_fed_twice_counts_once():

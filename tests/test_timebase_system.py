@@ -254,8 +254,43 @@ def test_clock_sigma_feeds_status():
     for b in sim.blocks:
         tb.observe(b)
     base = tb.status().sigma_ns
-    tb.set_clock_sigma_ns(100_000)
+    tb.set_clock_error(100_000)
     assert tb.status().sigma_ns >= 100_000 > base
+
+
+def test_clock_problem_degrades_a_locked_timebase_and_says_why():
+    sim = simulate(30, seed=12)
+    tb = SystemClockTimebase(TimebaseConfig(fit_window_s=30.0), FS)
+    for b in sim.blocks:
+        tb.observe(b)
+    assert tb.status().locked and not tb.status().degraded
+    tb.set_clock_error(1e8, "system clock not synchronised by chrony")
+    st = tb.status()
+    assert st.locked and st.degraded and st.sigma_ns >= 1e8
+    assert st.detail == "system clock not synchronised by chrony"
+    tb.set_clock_error(2_000)                      # chrony back on PPS
+    st = tb.status()
+    assert st.locked and not st.degraded and st.detail == "" and st.sigma_ns < 1e6
+
+
+def test_clock_problem_joins_the_fit_detail_while_unlocked():
+    tb = SystemClockTimebase(TimebaseConfig(fit_window_s=30.0), FS)
+    tb.set_clock_error(1e8, "clock: no sync")
+    st = tb.status()
+    assert not st.locked and st.degraded and st.detail == "waiting for audio; clock: no sync"
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_set_clock_error_rejects_bad_sigma_and_keeps_the_old_one(bad):
+    sim = simulate(30, seed=12)
+    tb = SystemClockTimebase(TimebaseConfig(fit_window_s=30.0), FS)
+    for b in sim.blocks:
+        tb.observe(b)
+    tb.set_clock_error(50_000, "loose")
+    with pytest.raises(ValueError, match="sigma_ns"):
+        tb.set_clock_error(bad)
+    st = tb.status()
+    assert st.sigma_ns >= 50_000 and st.degraded and st.detail == "loose"
 
 
 def test_classify_adc_time():

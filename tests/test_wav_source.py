@@ -130,9 +130,9 @@ def test_wav_source_delivers_blocks_then_end_of_stream(tmp_path):
     x = _tone(1000, 2, seed=4).astype(np.float32)
     p = tmp_path / "s.wav"
     scipy.io.wavfile.write(p, 48_000, x)
-    src = WavSource(p, blocksize=300, channel=1)
+    src = WavSource(p, blocksize=300)
     assert isinstance(src, AudioSource)
-    assert src.sample_rate == 48_000.0 and src.channels == 1
+    assert src.sample_rate == 48_000.0 and src.channels == 2     # the file's rate and all its channels
     src.start()
     blocks = []
     with pytest.raises(EndOfStream):
@@ -140,9 +140,9 @@ def test_wav_source_delivers_blocks_then_end_of_stream(tmp_path):
             blocks.append(src.read(0.0))
     assert [b.frames for b in blocks] == [300, 300, 300, 100]
     assert [b.first_frame for b in blocks] == [0, 300, 600, 900]
-    assert all(b.samples.shape == (b.frames, 1) and b.samples.dtype == np.float32 for b in blocks)
+    assert all(b.samples.shape == (b.frames, 2) and b.samples.dtype == np.float32 for b in blocks)
     assert all(b.adc_time_s is None and b.wall_ns == 0 and not b.overflow for b in blocks)
-    np.testing.assert_array_equal(np.concatenate([b.samples[:, 0] for b in blocks]), x[:, 1])
+    np.testing.assert_array_equal(np.concatenate([b.samples for b in blocks]), x)
     with pytest.raises(EndOfStream):
         src.read(0.0)
     st = src.stats()
@@ -164,11 +164,17 @@ def test_wav_source_on_real_file():
     assert n == read_wav(p)[0].shape[0]
 
 
-def test_wav_source_bad_channel(tmp_path):
+def test_node_wav_source_bad_mic_channel_is_a_config_error(tmp_path):
+    """The node picks [audio] mic_channel from the blocks; one the file lacks is
+    refused when the source is made, naming the key and the file."""
+    from common.config import AudioConfig, ConfigError, NodeConfig
+    from node.main import make_source
+
     p = tmp_path / "m.wav"
     scipy.io.wavfile.write(p, 12_000, np.zeros(10, np.int16))
-    with pytest.raises(WavError, match="channel 1 requested but the file has 1 channel"):
-        WavSource(p, channel=1)
+    cfg = NodeConfig(id="n1", audio=AudioConfig(source="wav", wav_path=str(p), mic_channel=1))
+    with pytest.raises(ConfigError, match=r"mic_channel = 1, but .*m\.wav has 1 channel\(s\)"):
+        make_source(cfg)
 
 
 # ------------------------------------------------------------------ broken files
