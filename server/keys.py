@@ -45,8 +45,8 @@ from typing import Literal, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
 
+from common.config import is_valid_key
 from common.protocol import NODE_ID_RE
 
 DEFAULT_KEYDIR = "/etc/earwitness/keys"
@@ -55,7 +55,6 @@ SERVER_SECRET = "server.key_secret"
 NODES_DIR = "nodes"
 REVOKED_DIR = "revoked"
 
-_Z85_KEY_RE = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 _ENDPOINT_RE = re.compile(r"^(tcp|ipc)://\S+$")
 _LINE_RE = re.compile(r'^([A-Za-z0-9_-]+)\s*=\s*"([^"]*)"\s*$')
 
@@ -187,21 +186,6 @@ def _int_or_none(v: str | None) -> int | None:
         return int(v) if v is not None else None
     except ValueError:
         return None
-
-
-def is_valid_key(key: str | bytes) -> bool:
-    """True if ``key`` is a 40-character Z85 text encoding of a 32-byte CURVE key."""
-    if isinstance(key, bytes):
-        try:
-            key = key.decode("ascii")
-        except UnicodeDecodeError:
-            return False
-    if not isinstance(key, str) or not _Z85_KEY_RE.match(key):
-        return False
-    try:
-        return len(z85.decode(key)) == 32
-    except Exception:  # z85.decode raises several types on bad text
-        return False
 
 
 def _check_node_id(node_id: str) -> None:
