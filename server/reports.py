@@ -42,7 +42,11 @@ class ShotReport(LocatedReport):
     round: int
 
     def to_json(self) -> dict:
-        return {"incident": self.incident, "round": self.round, **self.located_json()}
+        """The shot as published (docs/protocol.md §6): ``"shot"`` is the store's
+        id, the one ``earwitness review shot`` takes; without a store
+        (``earwitness locate``) there is none and the key is left out."""
+        shot = {} if self.shot_id is None else {"shot": self.shot_id}
+        return {**shot, "incident": self.incident, "round": self.round, **self.located_json()}
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """`earwitness review`: an analyst's side of the server's database.
 
 Candidates for review are line-ups the server would not vouch for as shots
-(docs/protocol.md, topic ``candidate``); this lists them and records a person's
-verdict on a candidate or a shot — ``confirmed``, ``false-alarm`` or ``unsure``,
-who and why — as a ``review`` record in the audit chain (the rows themselves are
-never changed; the latest verdict is the current one). Safe to run beside a live
-server: every write is one short SQLite transaction, and the audit chain is
-extended under the database's write lock.
+(docs/protocol.md, topic ``candidate``); this lists them (``--shots``: the
+located shots instead) and records a person's verdict on a candidate or a shot —
+``confirmed``, ``false-alarm`` or ``unsure``, who and why — as a ``review``
+record in the audit chain (the rows themselves are never changed; the latest
+verdict is the current one). A shot is named by its id: ``"shot"`` in the
+published JSON (not ``"incident"``, which several rounds share), or from
+``list --shots``. Safe to run beside a live server: every write is one short
+SQLite transaction, and the audit chain is extended under the database's write
+lock.
 
-    earwitness review list --db earwitness.sqlite [--all] [--json]
+    earwitness review list --db earwitness.sqlite [--shots] [--all] [--json]
     earwitness review candidate 7 confirmed --by alice --note "heard it on the snippets" --db ...
-    earwitness review shot 12 false-alarm --by bob --note "fireworks at the park" --db ...
+    earwitness review shot 57 false-alarm --by bob --note "fireworks at the park" --db ...
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.timefmt import ns_to_iso
-from server.reports import CandidateReport
+from server.reports import CandidateReport, ShotReport
 from server.store import VERDICTS, Review, Store, StoreError
 
 
@@ -31,13 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="List the candidates for review and record verdicts on candidates "
                                             "and shots (sealed into the audit chain).")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("list", help="the candidates not reviewed yet (--all: every one, with its verdict)")
+    sp = sub.add_parser("list", help="the candidates not reviewed yet (--all: every one, with its verdict; "
+                                     "--shots: the located shots instead)")
     sp.add_argument("--db", required=True, help="the server's SQLite database")
-    sp.add_argument("--all", action="store_true", help="also the candidates that have a verdict")
-    sp.add_argument("--json", action="store_true", help="one JSON line per candidate")
+    sp.add_argument("--shots", action="store_true", help="list the located shots, not the candidates")
+    sp.add_argument("--all", action="store_true", help="also those that have a verdict")
+    sp.add_argument("--json", action="store_true", help="one JSON line per candidate (or shot)")
+    ids = {"candidate": 'the candidate\'s id: "candidate" in the published JSON, or from `list`',
+           "shot": 'the shot\'s id: "shot" in the published JSON (not "incident", which the rounds of a '
+                   'burst share), or from `list --shots`'}
     for what in ("candidate", "shot"):
         sp = sub.add_parser(what, help=f"record a verdict on a {what}")
-        sp.add_argument("id", type=int, help=f"the {what}'s id (as published, or from `list`)")
+        sp.add_argument("id", type=int, help=ids[what])
         sp.add_argument("verdict", choices=VERDICTS)
         sp.add_argument("--by", required=True, metavar="NAME", help="who reviewed it")
         sp.add_argument("--note", default="", help="why (what was heard or seen)")
@@ -45,12 +53,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verdict_json(verdict: Review | None) -> dict | None:
+    return None if verdict is None else {"verdict": verdict.verdict, "by": verdict.reviewer,
+                                         "note": verdict.note, "t_utc": ns_to_iso(verdict.t_utc_ns)}
+
+
 def candidate_json(c: CandidateReport, verdict: Review | None) -> dict:
     """A stored candidate as ``list --json`` prints it: the published fields
     (docs/protocol.md) and its current verdict (None: not reviewed)."""
-    told = None if verdict is None else {"verdict": verdict.verdict, "by": verdict.reviewer,
-                                         "note": verdict.note, "t_utc": ns_to_iso(verdict.t_utc_ns)}
-    return {**c.to_json(), "verdict": told}
+    return {**c.to_json(), "verdict": _verdict_json(verdict)}
+
+
+def shot_json(s: ShotReport, verdict: Review | None) -> dict:
+    """A stored shot as ``list --shots --json`` prints it: the published fields
+    (docs/protocol.md, with its id ``"shot"``) and its current verdict (None: not
+    reviewed)."""
+    return {**s.to_json(), "verdict": _verdict_json(verdict)}
+
+
+def _list_shots(st: Store, show_all: bool, as_json: bool) -> None:
+    latest = {r.ref_id: r for r in st.reviews("shots")}           # oldest first: the last one wins
+    rows = [s for s in st.shots() if show_all or s.shot_id not in latest]
+    if as_json:
+        for s in rows:
+            print(json.dumps(shot_json(s, latest.get(s.shot_id))))
+        return
+    print(f"{'shot':>6} {'inc':>5} {'rnd':>3}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}  "
+          f"verdict       nodes")
+    for s in rows:
+        v = latest.get(s.shot_id)
+        print(f"{s.shot_id:>6} {s.incident:>5} {s.round:>3}  {ns_to_iso(s.t_utc_ns):<26} {s.lat:>11.6f} "
+              f"{s.lon:>12.6f} {s.error_m:>7.1f}  {(v.verdict if v else '-'):<12}  {len(s.nodes)}: "
+              f"{', '.join(s.nodes)}")
+    print(f"{len(rows)} shot(s){'' if show_all else ' not reviewed yet'}", file=sys.stderr)
 
 
 def _list(st: Store, show_all: bool, as_json: bool) -> None:
@@ -81,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.cmd == "list":
-            _list(st, args.all, args.json)
+            (_list_shots if args.shots else _list)(st, args.all, args.json)
             return 0
         table = "candidates" if args.cmd == "candidate" else "shots"
         r = st.review(table, args.id, args.verdict, args.by, args.note)
