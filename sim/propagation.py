@@ -35,7 +35,9 @@ from common.acoustics import air_absorption_db_per_m
 from common.timefmt import NS_PER_S
 from sim.world import Scenario, Source, Town
 
-#: Arrival kinds.
+#: Arrival kinds (``Arrival.kind``): the line-of-sight path, a facade
+#: reflection, and the two paths of a non-line-of-sight (blocked) pair: through
+#: the building and around its corner.
 ARRIVAL_KINDS = ("direct", "echo", "blocked", "diffracted")
 #: Low-pass corner (Hz) of sound that reached the mic through or around a building.
 NLOS_LOWPASS_HZ = 1500.0
@@ -53,8 +55,11 @@ class Arrival:
     amplitude: peak pressure at the mic (Pa) before air absorption: the source's
         1-m peak times spreading (1/path), reflection, blocking and diffraction loss.
     path_m: geometric path length (m); travel_s: travel time (s, with wind).
+    kind: one of ``ARRIVAL_KINDS`` (anything else is a ValueError).
     wall_index: for echoes, the index of the facade in ``town.walls``, else -1.
-    lowpass_hz: extra first-order (zero-phase) low-pass corner, or None.
+    lowpass_hz: corner (Hz) of an extra first-order low-pass, or None: the
+        causal RC response 1 / (1 + j f / lowpass_hz) (not zero-phase: it delays
+        and smears the onset; ``arrival_kernel``).
     """
 
     source_id: str
@@ -65,6 +70,10 @@ class Arrival:
     travel_s: float
     wall_index: int = -1
     lowpass_hz: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARRIVAL_KINDS:
+            raise ValueError(f"arrival kind {self.kind!r} is not one of {', '.join(ARRIVAL_KINDS)}")
 
 
 def _leg_time(a: np.ndarray, b: np.ndarray, c_mps: float, wind: np.ndarray) -> tuple[float, float]:

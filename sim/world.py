@@ -85,10 +85,6 @@ class Wall:
         object.__setattr__(self, "reflection", float(self.reflection))
 
     @property
-    def length_m(self) -> float:
-        return math.hypot(self.p1[0] - self.p0[0], self.p1[1] - self.p0[1])
-
-    @property
     def normal(self) -> tuple[float, float]:
         """Unit normal pointing to the reflecting (outer, right-hand) side."""
         dx, dy = self.p1[0] - self.p0[0], self.p1[1] - self.p0[1]
@@ -407,10 +403,6 @@ class Scenario:
     def c_mps(self) -> float:
         """The true speed of sound (m/s) in this scenario's air."""
         return speed_of_sound(self.temperature_c, self.humidity_pct)
-
-    @property
-    def end_utc_ns(self) -> int:
-        return self.start_utc_ns + round(self.duration_s * NS_PER_S)
 
     def n_frames(self, sample_rate: float) -> int:
         """Number of frames of a node's audio at ``sample_rate`` Hz."""
