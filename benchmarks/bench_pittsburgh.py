@@ -275,7 +275,7 @@ def review_line(shots: Summary, with_candidates: Summary) -> str:
     counted as a shot): how many candidates, how many of them rounds not located
     otherwise, how many false, and the recall if a person confirms the true ones."""
     def total(x: Summary) -> int:
-        return x.located + x.false_shots + x.extra_shots
+        return x.located + x.false_shots + x.extra_shots + x.unverified
 
     n = total(with_candidates) - total(shots)
     new = with_candidates.located - shots.located

@@ -7,14 +7,19 @@ Rules (see also docs/recording-set.md, "truth"):
 * A located round more than ``false_radius_m`` (100 m) from every truth shot of its
   test is a **false shot**.
 * Otherwise it may be matched to one round of a truth shot whose emission time is
-  within ``time_window_s`` (0.1 s) of the located time, or to a round of an
-  untimed truth entry (``t_utc_ns`` None: rounds fired but not labelled). Each
+  within ``time_window_s`` (0.1 s) of the located time: a **located** round. Each
   fired round takes at most one located round; the matching maximises the number
   of matches, then prefers timed entries and small time differences.
-* Located rounds that are neither false nor matched are **extra shots** (more
-  rounds than fired, or at a time when nothing was fired).
-* Recall = matched / fired; "within 15 m / 25 m" are fractions of rounds FIRED
-  (a missed round counts as a failure); error percentiles are over matched rounds.
+* A round of an untimed truth entry (``t_utc_ns`` None: fired, but with no
+  labelled arrivals to tell when) cannot be checked against its emission time,
+  so it is never located. A located round matched to one is **unverified**:
+  neither located, nor false, nor extra (it is within the false radius of the
+  position, and a round was fired that it may be).
+* Located rounds that are neither false, matched nor unverified are **extra
+  shots** (more rounds than fired, or at a time when nothing was fired).
+* A located round at a non-finite position (NaN, inf) is a false shot.
+* Recall = located / fired; "within 15 m / 25 m" are fractions of rounds FIRED
+  (a missed round counts as a failure); error percentiles are over located rounds.
 
 The six-sensor subset test (:func:`score_subsets`) mirrors ShotSpotter's
 "random six-sensor sub-arrays" figure: for each labelled shot, random subsets of
@@ -46,13 +51,13 @@ Solver = Callable[[np.ndarray, np.ndarray, float], tuple[float, float]]
 # ------------------------------------------------------------------ per test
 @dataclass(frozen=True)
 class RoundMatch:
-    """A located round matched to a fired round: indices, horizontal error (m), time offset (s or None),
+    """A located round matched to a fired round: indices, horizontal error (m), time offset (s),
     and the 95 % horizontal radius the locator reported (m; None when it reports none)."""
 
     truth_index: int
     located_index: int
     error_m: float
-    dt_s: float | None
+    dt_s: float
     radius_m: float | None = None
 
 
@@ -69,6 +74,9 @@ class TestScore:
     matches: tuple[RoundMatch, ...]
     false_shots: int
     extra_shots: int
+    #: Located rounds matched to rounds fired without an emission time (untimed
+    #: truth): not checkable, so neither located, false nor extra.
+    unverified: int = 0
 
     @property
     def located(self) -> int:
@@ -80,7 +88,10 @@ class TestScore:
 
 
 def horizontal_error_m(lat: float, lon: float, truth: TruthShot) -> float:
-    """Horizontal distance (m) from (lat, lon) to ``truth`` in the local plane at the truth point."""
+    """Horizontal distance (m) from (lat, lon) to ``truth`` in the local plane at
+    the truth point (inf for a non-finite position)."""
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        return math.inf
     frame = LocalFrame(truth.lat, truth.lon, truth.alt if truth.alt is not None else 0.0)
     enu = frame.to_enu(lat, lon, frame.alt0)
     return float(math.hypot(enu[0], enu[1]))
@@ -101,7 +112,8 @@ def score_test(truth: Sequence[TruthShot], located: Iterable[Any], *, name: str 
     n_loc = len(located)
     dist = np.array([[horizontal_error_m(float(l.lat), float(l.lon), s) for s in truth] for l in located]
                     ).reshape(n_loc, len(truth))
-    is_false = (dist > false_radius_m).all(axis=1) if n_loc else np.zeros(0, dtype=bool)
+    # (not ``dist <= r``: a non-finite distance is never within it)
+    is_false = ~(dist <= false_radius_m).any(axis=1) if n_loc else np.zeros(0, dtype=bool)
 
     # One column per fired round.
     slot_truth = [i for i, s in enumerate(truth) for _ in range(s.rounds)]
@@ -123,19 +135,23 @@ def score_test(truth: Sequence[TruthShot], located: Iterable[Any], *, name: str 
                 cost[j, k] = abs(dt) / time_window_s  # 0..1
                 dts[j, k] = dt
     matches = []
+    unverified = 0
     if n_loc and slot_truth:
         rows, cols = linear_sum_assignment(cost)
         for j, k in zip(rows, cols):
             if cost[j, k] < big:
                 i = slot_truth[k]
-                dt = None if np.isnan(dts[j, k]) else float(dts[j, k])
+                if truth[i].t_utc_ns is None:       # no emission time to check it against
+                    unverified += 1
+                    continue
                 radius = getattr(located[j], "error_m", None)
-                matches.append(RoundMatch(truth_index=i, located_index=int(j), error_m=float(dist[j, i]), dt_s=dt,
-                                          radius_m=None if radius is None else float(radius)))
+                matches.append(RoundMatch(truth_index=i, located_index=int(j), error_m=float(dist[j, i]),
+                                          dt_s=float(dts[j, k]), radius_m=None if radius is None else float(radius)))
     matches.sort(key=lambda m: (m.truth_index, m.located_index))
     n_false = int(np.count_nonzero(is_false))
     return TestScore(name=name, group=group, rounds_fired=fired, located_total=n_loc, matches=tuple(matches),
-                     false_shots=n_false, extra_shots=n_loc - n_false - len(matches))
+                     false_shots=n_false, extra_shots=n_loc - n_false - len(matches) - unverified,
+                     unverified=unverified)
 
 
 # ------------------------------------------------------------------ summaries
@@ -156,6 +172,9 @@ class Summary:
     within_25m: float
     false_shots: int
     extra_shots: int
+    #: Located rounds matched only to rounds fired without an emission time
+    #: (:attr:`TestScore.unverified`).
+    unverified: int = 0
     #: Of the matched rounds with a reported radius, the fraction whose error is inside it (nan: none).
     in_radius: float = math.nan
     #: The same with the truth's own 95 % radius combined with the reported one in
@@ -187,6 +206,7 @@ def summarize(scores: Iterable[TestScore], group: str = "all", truth_r95_m: floa
         within_15m=frac(int(np.count_nonzero(errs <= 15.0))),
         within_25m=frac(int(np.count_nonzero(errs <= 25.0))),
         false_shots=sum(s.false_shots for s in scores), extra_shots=sum(s.extra_shots for s in scores),
+        unverified=sum(s.unverified for s in scores),
         in_radius=(sum(1 for e, r in radii if e <= r) / len(radii)) if radii else math.nan,
         in_radius_truth=(sum(1 for e, r in radii if e <= math.hypot(r, truth_r95_m)) / len(radii))
         if radii else math.nan,
@@ -219,7 +239,14 @@ def format_summaries(summaries: Sequence[Summary], markdown: bool = False) -> st
              str(s.false_shots), str(s.extra_shots), _fmt(s.radius_median_m, ".1f"),
              _fmt(100 * s.in_radius, ".0f") + " %",
              _fmt(100 * s.in_radius_truth, ".0f") + " %"] for s in summaries]
-    return _table(head, rows, markdown)
+    table = _table(head, rows, markdown)
+    odd = [s for s in summaries if s.unverified and s.group != "all"] or [s for s in summaries if s.unverified]
+    if odd:
+        table += ("\n\nunverified (not in the table): " if markdown else "\nunverified (not in the table): ") + \
+            ", ".join(f"{s.group} {s.unverified}" for s in odd) + \
+            " located round(s) matched to rounds fired without labelled arrivals, whose emission time is " \
+            "unknown: neither located, false nor extra"
+    return table
 
 
 def _table(head: list[str], rows: list[list[str]], markdown: bool) -> str:

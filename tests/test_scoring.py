@@ -86,12 +86,24 @@ def test_matching_maximises_matches_not_greedy():
     assert {(m.truth_index, m.located_index) for m in s.matches} == {(0, 0), (1, 1)}
 
 
-def test_untimed_truth_takes_any_time_but_timed_preferred():
+def test_untimed_truth_is_never_located_and_its_matches_are_unverified():
+    """Rounds fired with no labelled arrivals have no emission time to check a
+    located round against: they count as fired, never as located; a located
+    round near them is unverified — neither located, false nor extra."""
     shots = [truth(0, 0, t_s=0.0), truth(0, 0, t_s=None, rounds=2)]
     s = score_test(shots, [loc(1, 0, 0.0), loc(2, 0, -3.0), loc(3, 0, 4.0), loc(4, 0, 6.0)])
-    assert s.rounds_fired == 3 and s.located == 3 and s.extra_shots == 1
-    assert [m.truth_index for m in s.matches if m.located_index == 0] == [0]
-    assert sorted(m.dt_s is None for m in s.matches) == [False, True, True]
+    assert s.rounds_fired == 3 and s.located == 1 and s.unverified == 2 and s.extra_shots == 1
+    assert s.false_shots == 0
+    assert [(m.truth_index, m.located_index) for m in s.matches] == [(0, 0)]   # the timed round preferred
+    summary = summarize([s])
+    assert (summary.located, summary.unverified, summary.extra_shots) == (1, 2, 1)
+    assert "unverified" in format_summaries([summary])
+
+
+def test_a_located_round_at_a_non_finite_position_is_false():
+    s = score_test([truth()], [Loc(math.nan, 0.0, T0),
+                               Loc(math.inf, 0.0, T0)])
+    assert (s.located, s.false_shots, s.extra_shots) == (0, 2, 0)
 
 
 def test_no_located_and_no_truth():
