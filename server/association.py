@@ -171,14 +171,17 @@ class Arrival:
     ``sigma_s``: the onset's own 1-σ timing error (clock and pick; arrivals
     worse than ``MAX_SIGMA_S`` are not used). ``path_sigma_s``: the 1-σ timing
     error the node's position uncertainty adds (σ along the ray / c); it weighs
-    the arrival like the model error does, without making it unusable."""
+    the arrival like the model error does, without making it unusable.
+    ``peak_dbfs``: the onset's peak level (dBFS; 0 is full scale, where a
+    clipped onset is); NaN when unknown (picks from another system): the rules
+    that compare levels then take any two sounds as about as loud."""
 
     key: int
     node: str
     t_ns: int
     sigma_s: float
     pos: np.ndarray = field(repr=False)
-    peak_dbfs: float = 0.0
+    peak_dbfs: float = math.nan
     degraded: bool = False
     snippet: np.ndarray | None = field(default=None, repr=False, compare=False)
     snippet_t0_ns: int = 0
@@ -440,10 +443,13 @@ class Associator:
         tol_ns = self._extend_tolerance() * 1e9
         tau = travel_times_s(np.array([self._nodes[n] for n in nodes]), sol.pos, sol.c_mps or self.c, sol.wind_mps)
         out: dict[str, float] = {}
-        for node, pred in zip(nodes, t0_ns + tau * 1e9):
-            t = min((h for h, _ in self._heard[node]), key=lambda h: abs(h - pred))
-            if abs(t - pred) <= tol_ns:
-                out[node] = float(t - pred) * 1e-9
+        for node, tau_s in zip(nodes, tau):
+            # (times from the emission, in integer ns first: absolute UTC ns as
+            # floats are only good to 256 ns)
+            dt_ns = [(h - t0_ns) - tau_s * 1e9 for h, _ in self._heard[node]]
+            d = min(dt_ns, key=abs)
+            if abs(d) <= tol_ns:
+                out[node] = float(d) * 1e-9
         return out
 
     def height_prior(self) -> tuple[float, float] | None:
@@ -1033,7 +1039,7 @@ class Associator:
         idx: dict[str, list[tuple[int, float]]] = {}
         for x in self._pending:
             if any(0 < x.t_ns - t <= window
-                   and (x.peak_dbfs == 0.0 or x.peak_dbfs <= lv - PRECEDE_DB
+                   and (not x.peak_dbfs > lv - PRECEDE_DB        # weaker, or a level unknown
                         or not self._round_delay(shot, x.node, x.t_ns - t, heard))
                    for t, lv, shot in trail.get(x.node, ())):
                 continue
@@ -1080,7 +1086,7 @@ class Associator:
             t, level = got
             fine = self._fine_tolerance() * 1e9
             first = not bool(np.any((t < x.t_ns - fine) & (t >= x.t_ns - ECHO_WINDOW_S * 1e9)
-                                    & (level >= x.peak_dbfs - PRECEDE_DB)))
+                                    & ~(level < x.peak_dbfs - PRECEDE_DB)))   # as loud, or unknown
             self._first_memo[memo] = first
         return first
 
@@ -1178,14 +1184,22 @@ class Associator:
             final, sol = self._trim(seed, final, c, sol)
         if sol is None or not sol.used[0]:
             return None
-        n_core = int(np.count_nonzero(sol.used[:len(core)] & (np.abs(sol.residuals_s[:len(core)]) < fine)))
+        # (by key: _trim may have left out a core arrival, so final need not begin with the core)
+        core_keys = {a.key for a in core}
+        in_core = np.array([a.key in core_keys for a in final])
+        n_core = int(np.count_nonzero(sol.used & in_core & (np.abs(sol.residuals_s) < fine)))
         if n_core < cfg.min_nodes:
             return None
         arrivals = tuple(a for a, k in zip(final, sol.used) if k)
         if len(arrivals) < len(final):
+            # the kept arrivals alone; their residual scale is the robust fit's (a
+            # plain solve takes the a-priori σ as exact: scale 1, which would
+            # teach the network a timing it does not have)
+            scale = sol.scale
             sol = self._solve(seed, list(arrivals), c, sol.pos, fit_c=self.c_unknown, robust=False)
             if sol is None:
                 return None
+            sol = replace(sol, scale=scale)
         return Association(arrivals=arrivals, solution=sol, ref_ns=seed.t_ns, n_core=n_core)
 
     def _trim(self, seed: Arrival, arrivals: list[Arrival], c: float,

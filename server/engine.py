@@ -274,7 +274,8 @@ class Engine:
     def _arrival(self, ev: Event, key: int) -> Arrival:
         pos, _ = self._node_pos(ev.node_id, ev.lat, ev.lon, ev.alt)
         return Arrival(key=key, node=ev.node_id, t_ns=ev.t_utc_ns, sigma_s=ev.sigma_ns * 1e-9, pos=pos,
-                       peak_dbfs=ev.peak_dbfs, degraded=ev.degraded,
+                       # the level is the snippet's peak: an event without one has none
+                       peak_dbfs=ev.peak_dbfs if ev.snippet.size else math.nan, degraded=ev.degraded,
                        snippet=ev.snippet if ev.snippet.size else None,
                        snippet_t0_ns=ev.snippet_t0_ns, sample_rate_hz=ev.sample_rate_hz,
                        path_sigma_s=self._pos_sigma_m.get(ev.node_id, 0.0) / self.c)

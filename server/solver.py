@@ -339,8 +339,8 @@ def solve(receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray | float, c
     ``wind0`` (east, north m/s) as a Gaussian prior of that width;
     ``wind0`` alone (without ``wind_sigma``) is a known wind;
     min_used: fewest arrivals to keep; arrivals whose normalised residual exceeds
-    ``reject_sigma`` × the data's residual scale are dropped one at a time (worst
-    first, confirmed by re-solving without it) while more than ``min_used``
+    ``reject_sigma`` × the data's residual scale are dropped one at a time (the
+    worst first, the rest re-fitted after each) while more than ``min_used``
     remain, at most ``max_reject`` of them (None: no limit);
     huber_k: Huber threshold (× scale) of the fits before the last (None: plain
     least squares throughout); adaptive: estimate the residual scale from the
@@ -365,12 +365,10 @@ def solve(receivers: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray | float, c
     n_geo = 3 if z_source is not None or z_prior is not None else 4   # unknowns the arrivals must pin down
     if n < n_geo:
         return None
-    if x0 is None:
-        x0 = initial_guess(receivers, t_s, c)
-    p0 = np.asarray(x0, dtype=float).copy()
+    p0 = np.asarray(initial_guess(receivers, t_s, c) if x0 is None else x0, dtype=float).copy()
     if z_source is not None:
         p0[2] = z_source
-    elif z_prior is not None and x0 is None:
+    elif z_prior is not None and x0 is None:      # no start given: at the prior's height
         p0[2] = z_prior[0]
     t00 = float(np.median(t_s - np.sqrt(np.sum((receivers - p0) ** 2, axis=1)) / c))
     used = np.ones(n, dtype=bool)
