@@ -50,8 +50,10 @@ def make_source(cfg: NodeConfig):
     return source
 
 
-def make_timebase(cfg: NodeConfig, sample_rate: float):
-    """The timebase ``[timebase] mode`` names, at the source's ``sample_rate`` (Hz).
+def make_timebase(cfg: NodeConfig, sample_rate: float, channels: int | None = None):
+    """The timebase ``[timebase] mode`` names, at the source's ``sample_rate`` (Hz);
+    ``channels``: how many the source delivers (a WAV file's own count; None:
+    ``[audio] channels``).
 
     ``"system"`` needs live audio (it fits the callback times of a sound card): a
     WAV replay has none, so that combination is a ConfigError naming what to use."""
@@ -66,10 +68,12 @@ def make_timebase(cfg: NodeConfig, sample_rate: float):
 
         return SystemClockTimebase(cfg.timebase, sample_rate)
     if mode == "pps-audio":
-        if cfg.audio.channels <= cfg.timebase.pps_channel:
+        have = cfg.audio.channels if channels is None else channels
+        if have <= cfg.timebase.pps_channel:
+            what = (f"the WAV file has {have} channel(s)" if cfg.audio.source == "wav"
+                    else f"[audio] channels = {have}; set channels = {cfg.timebase.pps_channel + 1}")
             raise ConfigError(f"[timebase] mode = \"pps-audio\" reads PPS from input channel "
-                              f"{cfg.timebase.pps_channel}, but [audio] channels = {cfg.audio.channels}; "
-                              f"set channels = {cfg.timebase.pps_channel + 1}")
+                              f"{cfg.timebase.pps_channel} (0-based), but {what}")
         from node.timebase_pps import PpsAudioTimebase
 
         return PpsAudioTimebase(cfg.timebase, sample_rate)
@@ -200,7 +204,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_node_config(args.config)
         source = make_source(cfg)
-        timebase = make_timebase(cfg, source.sample_rate)   # a WAV file's own rate
+        timebase = make_timebase(cfg, source.sample_rate, source.channels)   # a WAV file's own rate and channels
     except (ConfigError, ValueError) as exc:
         print(f"earwitness node: {exc}", file=sys.stderr)
         return 2
@@ -236,8 +240,8 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    log.info("node %s: audio %s at %d Hz, timebase %s, server %s", cfg.id, cfg.audio.source,
-             cfg.audio.sample_rate, cfg.timebase.mode, cfg.server)
+    log.info("node %s: audio %s at %g Hz, timebase %s, server %s", cfg.id, cfg.audio.source,
+             source.sample_rate, cfg.timebase.mode, cfg.server)
     try:
         summary = runner.run(stop)
         log.info("stopped: %s", summary)

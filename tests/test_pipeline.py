@@ -338,6 +338,18 @@ def test_system_timebase_with_a_wav_source_is_a_config_error():
         make_timebase(cfg, 48_000.0)
 
 
+def test_pps_audio_timebase_counts_the_wav_files_own_channels():
+    """PPS in channel 1 of a recording: a stereo WAV has it, whatever ``[audio]
+    channels`` says; a mono one is a config error naming the file's count."""
+    from node.main import make_timebase
+
+    cfg = NodeConfig(id="n1", audio=AudioConfig(source="wav", wav_path="x.wav", channels=1),
+                     timebase=TimebaseConfig(mode="pps-audio", pps_channel=1))
+    assert make_timebase(cfg, 48_000.0, channels=2) is not None
+    with pytest.raises(ConfigError, match=r"PPS from input channel 1 .*the WAV file has 1 channel"):
+        make_timebase(cfg, 48_000.0, channels=1)
+
+
 class LateTimebase(FixedTimebase):
     """Has no timing until ``ready`` frames have been observed (a PPS timebase before lock)."""
 
