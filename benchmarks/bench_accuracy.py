@@ -22,8 +22,12 @@ Parts:
   node's clock error), then the server's ``Engine`` — the same code path as
   ``earwitness locate``. The server is told node positions with an error and a
   temperature with an error (it does not know the truth). Recall, median / p95
-  error, false shots, and the fraction of rounds whose true position lies within
-  the reported 95 % radius.
+  error, false and extra shots, and the fraction of rounds whose true position
+  lies within the reported 95 % radius. Scored by the project's rules
+  (``sim.report.score``, as ``benchmarks/scoring.py``): a located shot matches
+  a round within 0.1 s of its emission and 100 m of its place (optimal
+  one-to-one assignment); "false": more than 100 m from every round; "extra":
+  near a round but matched to none (a duplicate, or more located than fired).
 * ``bursts``: bursts at 10 and 15 rounds/s (``--burst-rates``) and two shooters firing within the same
   second (rounds separated, counted, and two incidents).
 * ``throughput``: ``server.locate.locate_set`` on a rendered 48 kHz recording
@@ -144,6 +148,8 @@ class WorldResult:
     incidents_true: int
     incidents_found: int
     wall_s: float
+    #: Located shots near a true round but matched to none (see the module docstring).
+    extra_shots: int = 0
     #: Candidates for review the server offered, and how many of them were true
     #: rounds that no shot located (the rest are not shots).
     candidates: int = 0
@@ -197,7 +203,8 @@ def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldRes
                    to_local(frame, [r.lat for r in both], [r.lon for r in both]))
     return WorldResult(world, sc.total, sc.located, sc.false_shots, tuple(errs),
                        len({t.incident_id for t in gun}), found_incidents, time.perf_counter() - t0,
-                       len(cands), sc_all.located - sc.located, tuple(radii))
+                       extra_shots=sc.extra_shots, candidates=len(cands),
+                       candidates_new=sc_all.located - sc.located, radii_m=tuple(radii))
 
 
 # ------------------------------------------------------------------ theory
@@ -320,6 +327,7 @@ def summarize_worlds(results: list[WorldResult]) -> dict:
             "median_m": float(np.median(errs)) if errs.size else math.nan,
             "p95_m": float(np.percentile(errs, 95)) if errs.size else math.nan,
             "false": sum(r.false_shots for r in results),
+            "extra": sum(r.extra_shots for r in results),
             "inside95": float(np.mean(inside)) if inside else math.nan,
             "radius_m": float(np.median([x for r in results for x in r.radii_m])) if inside else math.nan,
             "candidates": sum(r.candidates for r in results),
@@ -329,11 +337,11 @@ def summarize_worlds(results: list[WorldResult]) -> dict:
 def world_rows(label: str, results: list[WorldResult]) -> list[str]:
     s = summarize_worlds(results)
     return [label, str(s["worlds"]), str(s["rounds"]), str(s["located"]), f"{100 * s['recall']:.1f} %",
-            f"{s['median_m']:.2f}", f"{s['p95_m']:.2f}", str(s["false"]), f"{s['radius_m']:.2f}",
+            f"{s['median_m']:.2f}", f"{s['p95_m']:.2f}", str(s["false"]), str(s["extra"]), f"{s['radius_m']:.2f}",
             f"{100 * s['inside95']:.0f} %", f"{s['candidates']} ({s['candidates_new']})"]
 
 
-WORLD_HEAD = ["world", "seeds", "rounds", "located", "recall", "median m", "p95 m", "false", "radius m",
+WORLD_HEAD = ["world", "seeds", "rounds", "located", "recall", "median m", "p95 m", "false", "extra", "radius m",
               "in 95 % radius", "for review (new rounds)"]
 
 
@@ -385,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                              "30 % echoes, bursts", hard)])
             for r in hard:
                 print(f"  hard seed {r.world.seed}: {r.located}/{r.total} located, {r.false_shots} false, "
+                      f"{r.extra_shots} extra, "
                       f"median {np.median(r.errors_m) if r.errors_m else math.nan:.2f} m, "
                       f"max {max(r.errors_m, default=math.nan):.2f} m, {r.wall_s:.0f} s")
         if "bursts" in parts:
@@ -396,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows_b.append(world_rows(f"burst {rate:g}/s", res))
                 for r in res:
                     print(f"  burst {rate:g}/s seed {r.world.seed}: {r.located}/{r.total} located, "
-                          f"{r.false_shots} false, median {np.median(r.errors_m) if r.errors_m else math.nan:.2f} m, "
+                          f"{r.false_shots} false, {r.extra_shots} extra, median {np.median(r.errors_m) if r.errors_m else math.nan:.2f} m, "
                           f"max {max(r.errors_m, default=math.nan):.2f} m", flush=True)
             show(f"bursts of 10 rounds at {' and '.join(f'{r:g}' for r in args.burst_rates)} rounds/s, hard world "
                  f"({time.perf_counter() - t0:.0f} s)", WORLD_HEAD, rows_b)
@@ -410,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" in parts:
         r = part_throughput(workers=args.workers)
         show(f"earwitness locate throughput (48 kHz WAVs, audio mode; median of {r['runs']} runs)",
-             ["node-seconds", "wall s", "node-s per s", "best run", "cpus", "shots found", "rounds fired"],
+             ["node-seconds", "wall s", "node-s per s", "best run", "cpus", "shots reported", "rounds fired"],
              [[f"{r['node_seconds']:.0f}", f"{r['wall_s']:.2f}", f"{r['rate']:.0f}", f"{r['best_rate']:.0f}",
                str(r["cpus"]), str(r["shots"]), str(r["rounds"])]])
     if args.markdown:

@@ -11,7 +11,8 @@ Fireworks-like load: sources at random places inside a square lattice of nodes
 second of stream time; every node within ``--hearing-m`` hears each source at t0 + d/c + N(0, 50 µs). The
 arrivals are fed in time order to ``server.association.Associator`` (which runs
 the solver on every candidate), stepping with a watermark 0.1 s behind the
-stream. Prints, per lattice: arrivals, shots found / sources, wall time,
+stream. Prints, per lattice: arrivals, sources, shots reported (how many the
+association or engine reported, not matched to the sources), wall time,
 arrivals (events) per second and ms per event, and how many seconds of stream
 the association decides per wall second ("× real time": below 1 a live server
 falls behind). ``--range-m`` sets ``AssociationConfig.hearing_range_m``
@@ -25,10 +26,10 @@ fed the same arrivals as events (one synthetic 30 ms impulse snippet each) in
 0.1 s batches, deciding after each, with a heartbeat from every node every
 0.5 s of stream (a node's rate after it has heard something): what a live
 server spends, without its sockets and store. It goes on stepping after the
-last sound until everything is decided ("shots decided live": the shots found
-that way, before the end-of-stream ``finish``; "delay": for those, the stream
-time from a shot's emission to its decision — what a live server's alert waits
-for, less its computing time).
+last sound until everything is decided ("reported live": the shots reported
+that way, before the end-of-stream ``finish``, again a count not matched to
+the sources; "delay": for those, the stream time from a shot's emission to its
+decision — what a live server's alert waits for, less its computing time).
 
 What to look for: the time per event should not grow with the number of nodes
 once the lattice is wider than the hearing range. Clutter is what a busy
@@ -225,16 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{what} throughput: lattice spacing {args.spacing_m:.0f} m, heard within {args.hearing_m:.0f} m, "
           f"{args.rate:g} sources/s, hearing_range_m {rng_name}, clutter {args.clutter:g} sounds/s per node, "
           f"model σ {args.model_sigma_ms:g} ms")
-    print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots':>6} {'wall s':>7} {'events/s':>9} {'ms/event':>9} "
-          f"{'× real time':>11}" + (f" {'shots decided live':>18} {'delay p50 s':>11} {'max s':>6}"
+    print(f"{'nodes':>6} {'arrivals':>8} {'sources':>7} {'shots reported':>14} {'wall s':>7} {'events/s':>9} "
+          f"{'ms/event':>9} {'× real time':>11}"
+          + (f" {'reported live':>13} {'delay p50 s':>11} {'max s':>6}"
                                     if args.engine else ""))
     for n in (int(x) for x in args.nodes.split(",") if x.strip()):
         bench = run_engine if args.engine else run
         r = bench(n, args.sources, args.rate, args.hearing_m, args.range_m, args.seed, args.clutter, args.spacing_m,
                   args.model_sigma_ms * 1e-3)
-        print(f"{r['nodes']:>6} {r['arrivals']:>8} {r['sources']:>7} {r['shots']:>6} {r['wall_s']:>7.2f} "
+        print(f"{r['nodes']:>6} {r['arrivals']:>8} {r['sources']:>7} {r['shots']:>14} {r['wall_s']:>7.2f} "
               f"{r['events_per_s']:>9.0f} {r['ms_per_event']:>9.2f} {r['realtime']:>11.2f}"
-              + (f" {r['live_shots']:>18} {r['delay_p50_s']:>11.1f} {r['delay_max_s']:>6.1f}"
+              + (f" {r['live_shots']:>13} {r['delay_p50_s']:>11.1f} {r['delay_max_s']:>6.1f}"
                  if args.engine else ""), flush=True)
     return 0
 

@@ -25,7 +25,12 @@ Phase 2, *end to end*: the real Engine (association, solver, incidents) with the
 same nodes, a gentle burst (``--e2e-fireworks-per-s`` for ``--e2e-s`` s).
 Measures ingest-to-LOCATED latency (the last event of a firework sent → its shot
 received on the PUB feed) p50/p99, how many fireworks were located, the
-association's CPU cost per event, and loss.
+association's CPU cost per event, and loss. The published shots are scored by
+the project's rules (``benchmarks/scoring.py``): a shot locates a firework if
+within 0.1 s of its emission and 100 m of its place (optimal one-to-one
+assignment); "false": more than 100 m from every firework; "extra": near one
+but matched to none. The phase waits (up to ``--e2e-wait-s``) until every
+firework is located, not merely until as many shots as fireworks arrived.
 
 The two phases are reported separately because association is far more
 expensive per event than ingest (see the printout): phase 1 shows the ingest
@@ -48,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import zmq
@@ -57,6 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.acoustics import speed_of_sound  # noqa: E402
 from common.geodesy import LocalFrame  # noqa: E402
 from common.protocol import Ack, Event, Heartbeat, decode, encode  # noqa: E402
+from common.recording_set import TruthShot  # noqa: E402
+from benchmarks.scoring import TestScore, score_test  # noqa: E402
 
 FRAME = LocalFrame(40.44, -79.99, 250.0)
 C = speed_of_sound(20.0)
@@ -375,7 +383,6 @@ def run_phase(args, name: str, associate: bool, keys_dir: str | None, curve: dic
         arrivals, fireworks = plan_fireworks(nodes, args.rate, args.burst_s, args.radius, start_ns, seed=1)
     planned = [(t, i, fw, *nodes.event_frames(i, t)) for t, i, fw in arrivals]      # encoded before the clock runs
     last_sent_of_fw: dict[int, float] = {}
-    located: dict[int, float] = {}
     shots = []
     t_first = None
     k = 0
@@ -394,10 +401,13 @@ def run_phase(args, name: str, associate: bool, keys_dir: str | None, curve: dic
         shots += _drain_shots(sub)
     t_last_send = time.monotonic()
     deadline = time.monotonic() + (args.e2e_wait_s if associate else 60)
+    matched, scored_shots = 0, -1
     while time.monotonic() < deadline:
         nodes.service(20)
         shots += _drain_shots(sub)
-        if nodes.pending() == 0 and (not associate or len(shots) >= len(fireworks)):
+        if associate and fireworks and len(shots) != scored_shots:   # every firework located, by the rules
+            matched, scored_shots = score_fireworks(shots, fireworks).located, len(shots)
+        if nodes.pending() == 0 and (not associate or matched >= len(fireworks)):
             break
     t_end_acks = time.monotonic()
     nodes.close()
@@ -426,14 +436,13 @@ def run_phase(args, name: str, associate: bool, keys_dir: str | None, curve: dic
            "server": srv, "verify_ok": ver.ok, "verify_reason": ver.reason, "verify_s": verify_s,
            "client_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if associate:
-        lat = []
-        for shot in shots:
-            fw = _match(shot, fireworks)
-            if fw is not None and fw not in located:
-                located[fw] = shot["t_recv"]
-                lat.append(shot["t_recv"] - last_sent_of_fw[fw])
-        res.update(located=len(located), shots=len(shots), loc_p50_s=pct(lat, 50), loc_p99_s=pct(lat, 99),
-                   loc_max_s=max(lat, default=float("nan")))
+        sc = score_fireworks(shots, fireworks) if fireworks else None
+        matches = sc.matches if sc is not None else ()
+        lat = [shots[m.located_index]["t_recv"] - last_sent_of_fw[m.truth_index] for m in matches]
+        res.update(located=len(matches), shots=len(shots),
+                   false_shots=sc.false_shots if sc is not None else len(shots),
+                   extra_shots=sc.extra_shots if sc is not None else 0,
+                   loc_p50_s=pct(lat, 50), loc_p99_s=pct(lat, 99), loc_max_s=max(lat, default=float("nan")))
     shutil.rmtree(work, ignore_errors=True)
     return res
 
@@ -449,16 +458,18 @@ def _drain_shots(sub) -> list[dict]:
     return out
 
 
-def _match(shot: dict, fireworks: list[dict]) -> int | None:
-    p = FRAME.to_enu(shot["lat"], shot["lon"], shot["alt"])
-    t_ns = int(shot["time"] * 1e9)
-    best = None
-    for j, fw in enumerate(fireworks):
-        if abs(fw["t_ns"] - t_ns) < 0.2e9:
-            d = float(np.linalg.norm(fw["src"][:2] - p[:2]))
-            if d < 50 and (best is None or d < best[0]):
-                best = (d, j)
-    return None if best is None else best[1]
+def score_fireworks(shots: list[dict], fireworks: list[dict]) -> TestScore:
+    """The published shots (PUB feed JSON) against the fireworks, by the project's
+    rules (:func:`benchmarks.scoring.score_test`: 0.1 s, optimal one-to-one
+    assignment, false beyond 100 m of every firework, the rest extra). Indices in
+    the matches are into ``shots`` and ``fireworks``. ``fireworks`` must be non-empty."""
+    src = np.array([fw["src"] for fw in fireworks], dtype=float).reshape(-1, 3)
+    lat, lon, alt = FRAME.to_wgs84(src)
+    truth = [TruthShot(lat=float(a), lon=float(o), alt=float(h), t_utc_ns=int(fw["t_ns"]))
+             for a, o, h, fw in zip(np.atleast_1d(lat), np.atleast_1d(lon), np.atleast_1d(alt), fireworks)]
+    located = [SimpleNamespace(lat=float(s["lat"]), lon=float(s["lon"]), t_utc_ns=int(round(float(s["time"]) * 1e9)),
+                               error_m=s.get("error_m")) for s in shots]
+    return score_test(truth, located, name="fireworks")
 
 
 def enrol_all(n: int) -> tuple[str, dict]:
@@ -503,7 +514,9 @@ def report(r: dict, associate: bool) -> None:
           f"node simulator peak RSS {r['client_maxrss_mb']:.0f} MB")
     if associate:
         n_ev = st.get("engine_events", 0)
-        print(f"  located {r['located']}/{r['fireworks']} fireworks ({r['shots']} shots published); "
+        print(f"  located {r['located']}/{r['fireworks']} fireworks ({r['shots']} shots published: "
+              f"{r['false_shots']} false, {r['extra_shots']} extra; matched within 0.1 s and 100 m, "
+              "benchmarks/scoring.py); "
               f"ingest-to-LOCATED latency p50 {r['loc_p50_s']:.1f} s, p99 {r['loc_p99_s']:.1f} s, "
               f"max {r['loc_max_s']:.1f} s")
         if n_ev:

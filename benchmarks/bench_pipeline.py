@@ -7,7 +7,8 @@ Prints absolute figures and ratios:
   0.1 s chunks (as the node does) and in one piece;
 * server: events per second through the engine (association + solver +
   incidents), in memory and with the SQLite store, on events the real detector
-  produced from a simulated town.
+  produced from a simulated town; "shots reported" is how many the engine
+  reported (a count, not scored against the truth: see bench_accuracy.py).
 Targets (for later work): detector ≥ 500× real time per core; server ≥ 5,000 events/s.
 """
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({len([t for t in scen2.truth if t.kind == 'gunshot'])} rounds), made in {time.perf_counter() - t0:.1f} s")
     for label, path in (("in memory", None), ("SQLite store", str(Path("/tmp") / f"ew-bench-{time.time_ns()}.sqlite"))):
         dt, shots = bench_server(events, scen2.temperature_c, path)
-        print(f"  {label:<13} {len(events) / dt:8.0f} events/s  ({dt:.2f} s, {shots} shots located; target ≥ 5,000/s)")
+        print(f"  {label:<13} {len(events) / dt:8.0f} events/s  ({dt:.2f} s, {shots} shots reported; target ≥ 5,000/s)")
         if path:
             for suffix in ("", "-wal", "-shm"):
                 Path(path + suffix).unlink(missing_ok=True)

@@ -1,17 +1,27 @@
-"""Scoring a simulation run: located shots against the simulated truth."""
+"""Scoring a simulation run: located shots against the simulated truth.
+
+The project's rules (as ``benchmarks/scoring.py``, "score_test"): a located
+shot more than ``MATCH_RADIUS_M`` from every true round is a **false shot**;
+the others are matched one-to-one to true rounds whose emission time is within
+``MATCH_WINDOW_S`` and position within ``MATCH_RADIUS_M``, by an optimal
+assignment (as many matches as possible, then the smallest time differences);
+the rest are **extra shots** (more located than fired, or at a time when
+nothing was fired there).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from common.geodesy import LocalFrame
 from common.timefmt import ns_to_iso, ns_to_s
 
 #: A located shot matches a true round only if its emission time is this close.
 MATCH_WINDOW_S = 0.1
-#: ... and this close in position (further: a false shot, plus a missed round).
+#: ... and this close in position; further from every true round: a false shot.
 MATCH_RADIUS_M = 100.0
 
 
@@ -25,50 +35,59 @@ class Match:
 @dataclass(frozen=True)
 class SimScore:
     matches: tuple[Match, ...]
+    #: Estimates more than ``MATCH_RADIUS_M`` from every true round.
     false_estimates: tuple[int, ...]
     total: int
     located: int
     median_error_m: float | None
     p95_error_m: float | None
+    #: Estimates near a true round but matched to none (a duplicate, or the wrong time).
+    extra_estimates: tuple[int, ...] = ()
 
     @property
     def false_shots(self) -> int:
         return len(self.false_estimates)
 
+    @property
+    def extra_shots(self) -> int:
+        return len(self.extra_estimates)
+
 
 def score(truth_t_ns: np.ndarray, truth_xy: np.ndarray, est_t_ns: np.ndarray, est_xy: np.ndarray) -> SimScore:
-    """Match estimates to true rounds one-to-one (closest in time first).
+    """Match estimates to true rounds one-to-one by the module's rules.
 
     truth_t_ns: (n,) emission times; truth_xy: (n, 2) m; est_t_ns: (m,); est_xy: (m, 2) m
-    (same local frame). An estimate matches a round within ``MATCH_WINDOW_S`` and
-    ``MATCH_RADIUS_M``; unmatched estimates are false shots.
+    (same local frame).
     """
-    truth_t_ns = np.asarray(truth_t_ns, dtype=np.int64)
-    est_t_ns = np.asarray(est_t_ns, dtype=np.int64)
-    pairs = []
-    for i in range(len(truth_t_ns)):
-        for j in range(len(est_t_ns)):
-            dt = abs(int(est_t_ns[j]) - int(truth_t_ns[i])) / 1e9
-            d = float(np.linalg.norm(np.asarray(est_xy[j]) - np.asarray(truth_xy[i])))
-            if dt <= MATCH_WINDOW_S and d <= MATCH_RADIUS_M:
-                pairs.append((dt, d, i, j))
-    pairs.sort()
+    truth_t_ns = np.asarray(truth_t_ns, dtype=np.int64).reshape(-1)
+    est_t_ns = np.asarray(est_t_ns, dtype=np.int64).reshape(-1)
+    n, m = len(truth_t_ns), len(est_t_ns)
+    truth_xy = np.asarray(truth_xy, dtype=float).reshape(n, 2)
+    est_xy = np.asarray(est_xy, dtype=float).reshape(m, 2)
+    dist = np.linalg.norm(est_xy[:, None, :] - truth_xy[None, :, :], axis=2)          # (m, n)
+    dt = np.abs((est_t_ns[:, None] - truth_t_ns[None, :]).astype(np.float64)) / 1e9   # (m, n)
+    is_false = (dist > MATCH_RADIUS_M).all(axis=1) if n else np.ones(m, dtype=bool)
+    allowed = (dist <= MATCH_RADIUS_M) & (dt <= MATCH_WINDOW_S)
+    # Cost 0..1 for an allowed pair (its time difference), ``big`` otherwise: the
+    # assignment first maximises the number of allowed pairs, then minimises time.
+    big = 1e6
+    cost = np.where(allowed, dt / MATCH_WINDOW_S, big)
     used_t: dict[int, tuple[int, float]] = {}
-    used_e: set[int] = set()
-    for dt, d, i, j in pairs:
-        if i in used_t or j in used_e:
-            continue
-        used_t[i] = (j, d)
-        used_e.add(j)
+    if n and m:
+        for j, i in zip(*linear_sum_assignment(cost)):
+            if allowed[j, i]:
+                used_t[int(i)] = (int(j), float(dist[j, i]))
+    used_e = {j for j, _ in used_t.values()}
     matches = tuple(Match(i, used_t[i][0], used_t[i][1]) if i in used_t else Match(i, None, None)
-                    for i in range(len(truth_t_ns)))
-    errs = np.array([m.error_m for m in matches if m.error_m is not None])
+                    for i in range(n))
+    errs = np.array([mt.error_m for mt in matches if mt.error_m is not None])
     return SimScore(
         matches=matches,
-        false_estimates=tuple(j for j in range(len(est_t_ns)) if j not in used_e),
-        total=len(truth_t_ns), located=int(errs.size),
+        false_estimates=tuple(j for j in range(m) if is_false[j]),
+        total=n, located=int(errs.size),
         median_error_m=float(np.median(errs)) if errs.size else None,
         p95_error_m=float(np.percentile(errs, 95)) if errs.size else None,
+        extra_estimates=tuple(j for j in range(m) if not is_false[j] and j not in used_e),
     )
 
 
@@ -90,11 +109,13 @@ def report_json(truth: list[dict], estimates: list[dict], sc: SimScore) -> dict:
     return {
         "shots": shots,
         "false": [estimates[j] for j in sc.false_estimates],
+        "extra": [estimates[j] for j in sc.extra_estimates],
         "summary": {
             "total": sc.total, "located": sc.located,
             "median_error_m": None if sc.median_error_m is None else round(sc.median_error_m, 3),
             "p95_error_m": None if sc.p95_error_m is None else round(sc.p95_error_m, 3),
             "false_shots": sc.false_shots,
+            "extra_shots": sc.extra_shots,
         },
     }
 

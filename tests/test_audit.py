@@ -377,7 +377,7 @@ def test_append_with_python_values_matches_stored_affinity():
 
 
 def test_with_the_servers_store(tmp_path):
-    store_mod = pytest.importorskip("server.store")
+    import server.store as store_mod
     import numpy as np
     from common.protocol import Event
     st = store_mod.Store(tmp_path / "s.sqlite")

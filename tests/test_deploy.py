@@ -164,10 +164,7 @@ def test_node_script_prints_a_config_that_loads(tmp_path):
 
 
 def enrolment(node_id: str, server: str) -> str:
-    try:
-        from server.keys import node_config_snippet
-    except ImportError:
-        pytest.skip("server/keys.py (earwitness keys) not available")
+    from server.keys import node_config_snippet
     return node_config_snippet(node_id, server, "S" * 40, "P" * 40, "X" * 40)
 
 

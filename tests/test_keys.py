@@ -90,8 +90,6 @@ def test_enroll_writes_public_key_only_and_a_usable_snippet(keydir):
 
 def test_snippet_loads_as_node_config(keydir, tmp_path):
     from common import config
-    if not hasattr(config, "SecurityConfig"):
-        pytest.skip("common.config has no [security] section yet")
     e = K.enroll(keydir, "pole-08", "tcp://10.0.0.1:5555")
     p = tmp_path / "node.toml"
     p.write_text(e.config_toml)

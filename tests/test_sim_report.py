@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.report import alert_latencies_s, score
+from sim.report import alert_latencies_s, report_json, score
 
 T0 = 1_800_000_000_000_000_000
 
@@ -24,3 +24,59 @@ def test_alert_latency_is_publication_minus_firing_on_the_worlds_clock():
     assert lat == (10.5, 9.25)
     # in the order of the matches, located rounds only
     assert [m.truth_index for m in sc.matches if m.estimate_index is not None] == [0, 2]
+
+
+def test_matching_is_optimal_not_closest_first():
+    # two rounds 0.12 s apart at one place; estimates at +0.05 s (0.07 s before the
+    # second round) and -0.09 s from the first. Closest first would pair +0.05 with the
+    # first round and leave -0.09 with nothing; both rounds can be matched.
+    truth_t = np.array([T0, T0 + 120_000_000])
+    truth_xy = np.array([[0.0, 0.0], [0.0, 0.0]])
+    est_t = np.array([T0 + 50_000_000, T0 - 90_000_000])
+    est_xy = np.array([[1.0, 0.0], [2.0, 0.0]])
+    sc = score(truth_t, truth_xy, est_t, est_xy)
+    assert sc.located == 2 and sc.false_shots == 0 and sc.extra_shots == 0
+    assert [(m.truth_index, m.estimate_index) for m in sc.matches] == [(0, 1), (1, 0)]
+    assert [m.error_m for m in sc.matches] == [2.0, 1.0]
+
+
+def test_a_duplicate_near_the_truth_is_extra_and_only_a_far_one_is_false():
+    truth_t = np.array([T0, T0 + 5_000_000_000])
+    truth_xy = np.array([[0.0, 0.0], [300.0, 0.0]])
+    est_t = np.array([T0 + 1_000_000, T0 + 2_000_000,           # the round and a duplicate 1 m off
+                      T0 + 3_000_000_000,                        # near the second place, at no round's time
+                      T0 + 5_000_000_000])                       # 101 m from every round
+    est_xy = np.array([[0.5, 0.0], [1.0, 0.0], [350.0, 0.0], [300.0, 101.0]])
+    sc = score(truth_t, truth_xy, est_t, est_xy)
+    assert sc.located == 1 and sc.matches[0].estimate_index == 0 and sc.matches[1].estimate_index is None
+    assert sc.extra_estimates == (1, 2) and sc.false_estimates == (3,)
+    assert (sc.extra_shots, sc.false_shots) == (2, 1)
+    ests = [{"i": j} for j in range(4)]
+    doc = report_json([{"lat": 0.0, "lon": 0.0, "t_ns": int(t)} for t in truth_t], ests, sc)
+    assert doc["extra"] == [{"i": 1}, {"i": 2}] and doc["false"] == [{"i": 3}]
+    assert (doc["summary"]["extra_shots"], doc["summary"]["false_shots"]) == (2, 1)
+
+
+def test_matches_the_benchmarks_scoring_rules():
+    # the same located rounds through sim.report.score and benchmarks/scoring.score_test
+    from types import SimpleNamespace
+
+    from benchmarks.scoring import score_test
+    from common.geodesy import LocalFrame
+    from common.recording_set import TruthShot
+    frame = LocalFrame(40.44, -79.99, 250.0)
+    rng = np.random.default_rng(5)
+    truth_xy = np.repeat(rng.uniform(-400, 400, (4, 2)), 3, axis=0)       # 4 bursts of 3 rounds
+    truth_t = T0 + np.array([k * 2_000_000_000 + r * 80_000_000 for k in range(4) for r in range(3)])
+    est_xy = np.concatenate([truth_xy + rng.normal(0, 3, truth_xy.shape), rng.uniform(-600, 600, (6, 2))])
+    est_t = np.concatenate([truth_t + rng.integers(-90_000_000, 90_000_000, len(truth_t)),
+                            T0 + rng.integers(0, 8_000_000_000, 6)])
+    keep = rng.random(len(est_t)) < 0.8
+    est_xy, est_t = est_xy[keep], est_t[keep]
+    sc = score(truth_t, truth_xy, est_t, est_xy)
+    tlat, tlon, _ = frame.to_wgs84(np.column_stack([truth_xy, np.zeros(len(truth_xy))]))
+    elat, elon, _ = frame.to_wgs84(np.column_stack([est_xy, np.zeros(len(est_xy))]))
+    ref = score_test([TruthShot(float(a), float(o), 0.0, int(t)) for a, o, t in zip(tlat, tlon, truth_t)],
+                     [SimpleNamespace(lat=float(a), lon=float(o), t_utc_ns=int(t)) for a, o, t in zip(elat, elon, est_t)])
+    assert (sc.located, sc.false_shots, sc.extra_shots) == (ref.located, ref.false_shots, ref.extra_shots)
+    assert sc.located and sc.false_shots and sc.extra_shots          # the case has all three
