@@ -122,16 +122,22 @@ def _node_events(args) -> list[Event]:
                            position=told_pos) for k, o in enumerate(onsets)]
 
 
+def told_positions(world: World, town) -> list[Position]:
+    """Where the server is told each node is: its true position with the
+    world's position error."""
+    rng = np.random.default_rng([world.seed, 0x905])
+    told = town.nodes_enu + rng.normal(0.0, world.position_error_m, town.nodes_enu.shape)
+    lat, lon, alt = town.frame.to_wgs84(told)
+    return [Position(float(a), float(b), float(h)) for a, b, h in zip(lat, lon, alt)]
+
+
 def world_events(world: World, town, scen, pool: ProcessPoolExecutor | None) -> list[Event]:
     """Every node's events, with the node's clock error and told position error."""
     from sim.world import clock_offsets_ns
 
     offsets = clock_offsets_ns(town.n_nodes, world.clock_sigma_ns, seed=world.seed)
-    rng = np.random.default_rng([world.seed, 0x905])
-    told = town.nodes_enu + rng.normal(0.0, world.position_error_m, town.nodes_enu.shape)
-    lat, lon, alt = town.frame.to_wgs84(told)
-    jobs = [(town, scen, i, offsets[i], Position(float(lat[i]), float(lon[i]), float(alt[i])), world.seed)
-            for i in range(town.n_nodes)]
+    told = told_positions(world, town)
+    jobs = [(town, scen, i, offsets[i], told[i], world.seed) for i in range(town.n_nodes)]
     results = pool.map(_node_events, jobs) if pool is not None else map(_node_events, jobs)
     events = [e for evs in results for e in evs]
     events.sort(key=lambda e: e.t_utc_ns)
@@ -173,9 +179,16 @@ def server_config(world: World, scen) -> ServerConfig:
     return replace(base, solver=replace(base.solver, model_sigma_s=model))
 
 
-def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldResult:
-    """Simulate ``world`` and locate its shots through the server's Engine."""
+def run_world(world: World, pool: ProcessPoolExecutor | None = None,
+              live_step_s: float | None = None) -> WorldResult:
+    """Simulate ``world`` and locate its shots through the server's Engine:
+    every event at once, as ``earwitness locate`` does (``live_step_s`` None), or
+    as a live server, the nodes' heartbeats moving the watermark every
+    ``live_step_s`` seconds of audio (``server.locate.replay_live``)."""
+    from types import SimpleNamespace
+
     from server.engine import Engine
+    from server.locate import replay_live
     from sim.report import score, to_local
 
     t0 = time.perf_counter()
@@ -183,8 +196,15 @@ def run_world(world: World, pool: ProcessPoolExecutor | None = None) -> WorldRes
     events = world_events(world, town, scen, pool)
     cfg = server_config(world, scen)
     eng = Engine(cfg, store=None)
-    eng.ingest_events(events, received_ns=0)
-    reports = sorted(eng.finish(), key=lambda r: r.t_utc_ns)
+    if live_step_s is None:
+        eng.ingest_events(events, received_ns=0)
+        found = eng.finish()
+    else:
+        # every node's heartbeat, from where its events say it is
+        nodes = [SimpleNamespace(id=n, lat=p.lat, lon=p.lon, alt=p.alt)
+                 for n, p in zip(town.node_ids, told_positions(world, town))]
+        found = replay_live(eng, events, nodes, live_step_s)
+    reports = sorted(found, key=lambda r: r.t_utc_ns)
     gun = [t for t in scen.truth if t.kind == "gunshot"]
     frame = town.frame
     t_xy = to_local(frame, [t.lat for t in gun], [t.lon for t in gun])
@@ -353,7 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes for rendering/detection")
     ap.add_argument("--markdown", type=Path, help="also write the tables as markdown to this file")
     ap.add_argument("--burst-rates", default="10,15", help="burst rates (rounds/s) of the bursts part (default 10,15)")
+    ap.add_argument("--live-step", type=float, default=None, metavar="S",
+                    help="worlds and bursts: decide as a live server would, the watermark moving every S s of "
+                         "audio (default: once every event is in, as earwitness locate)")
     args = ap.parse_args(argv)
+    if args.live_step is not None and not args.live_step > 0:
+        ap.error(f"--live-step {args.live_step}: must be > 0")
+    live = args.live_step
+    how = "" if live is None else f", decided as live (watermark steps of {live:g} s)"
     args.burst_rates = [float(r) for r in args.burst_rates.split(",") if r]
     parts = [p for p in args.parts.split(",") if p]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -385,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "worlds" in parts:
             t0 = time.perf_counter()
-            plain = [run_world(World("default", s), pool) for s in seeds]
-            hard = [run_world(World("hard", s, **HARD), pool) for s in seeds]
-            show(f"simulated worlds, full pipeline on rendered audio ({time.perf_counter() - t0:.0f} s)", WORLD_HEAD,
+            plain = [run_world(World("default", s), pool, live) for s in seeds]
+            hard = [run_world(World("hard", s, **HARD), pool, live) for s in seeds]
+            show(f"simulated worlds, full pipeline on rendered audio{how} ({time.perf_counter() - t0:.0f} s)",
+                 WORLD_HEAD,
                  [world_rows("default (clock 20 µs, 30 % echo facades)", plain),
                   world_rows("hard: wind 2 m/s, ΔT 1 °C, position 0.5 m, clock 20 µs, 10 % blocked, "
                              "30 % echoes, bursts", hard)])
@@ -400,15 +428,15 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             rows_b = []
             for rate in args.burst_rates:
-                res = [run_world(World(f"burst{rate:g}", s, burst_rounds=10, burst_rate_hz=rate, **HARD), pool)
-                       for s in seeds]
+                res = [run_world(World(f"burst{rate:g}", s, burst_rounds=10, burst_rate_hz=rate, **HARD), pool,
+                                 live) for s in seeds]
                 rows_b.append(world_rows(f"burst {rate:g}/s", res))
                 for r in res:
                     print(f"  burst {rate:g}/s seed {r.world.seed}: {r.located}/{r.total} located, "
                           f"{r.false_shots} false, {r.extra_shots} extra, median {np.median(r.errors_m) if r.errors_m else math.nan:.2f} m, "
                           f"max {max(r.errors_m, default=math.nan):.2f} m", flush=True)
-            show(f"bursts of 10 rounds at {' and '.join(f'{r:g}' for r in args.burst_rates)} rounds/s, hard world "
-                 f"({time.perf_counter() - t0:.0f} s)", WORLD_HEAD, rows_b)
+            show(f"bursts of 10 rounds at {' and '.join(f'{r:g}' for r in args.burst_rates)} rounds/s, hard world"
+                 f"{how} ({time.perf_counter() - t0:.0f} s)", WORLD_HEAD, rows_b)
             rows = [two_shooters(s) for s in seeds]
             show("two shooters 0.4 s apart, 150–700 m apart (arrival times, 8 nodes, σ 50 µs)",
                  ["seed", "rounds", "located", "incidents true", "incidents found"],

@@ -207,7 +207,7 @@ def plot_result(res: SimResult, path: str | Path) -> Path:
     walls = [((w.p0[0], w.p0[1]), (w.p1[0], w.p1[1])) for w in res.town.walls]
     s = res.score
     title = (f"earwitness sim: {s.located}/{s.total} rounds located, median error "
-             f"{s.median_error_m or 0:.2f} m, {s.false_shots} false")
+             f"{s.median_error_m or 0:.2f} m, {s.false_shots} false, {s.extra_shots} extra")
     return draw_map(path, res.town.nodes_enu[:, :2], res.town.node_ids, shots, truth_xy=t_xy,
                     walls=walls, title=title, links=links)
 
@@ -217,7 +217,7 @@ def format_summary(res: SimResult) -> str:
     med = "n/a" if s.median_error_m is None else f"{s.median_error_m:.2f} m"
     p95 = "n/a" if s.p95_error_m is None else f"{s.p95_error_m:.2f} m"
     return (f"{s.located}/{s.total} rounds located ({100 * s.located / max(s.total, 1):.0f} %), "
-            f"median error {med}, p95 {p95}, {s.false_shots} false shots; "
+            f"median error {med}, p95 {p95}, {s.false_shots} false shots, {s.extra_shots} extra; "
             f"{res.server_counters.get('events', 0)} events from {res.town.n_nodes} nodes, "
             f"{res.server_counters.get('unassociated', 0)} not part of a shot"
             + (f", {n} candidate(s) for review" if (n := res.server_counters.get('candidates', 0)) else "")

@@ -65,6 +65,8 @@ def main(argv: list[str]) -> int:
             print(f"  {t['time_utc'][:23]}  {t['incident']} round {t['round']}  {t['lat']:.6f}, {t['lon']:.6f}  {est}")
         for f in doc["false"]:
             print(f"  FALSE SHOT at {f['lat']:.6f}, {f['lon']:.6f} {f['time_utc']}")
+        for f in doc["extra"]:
+            print(f"  EXTRA SHOT (near a round, matched to none) at {f['lat']:.6f}, {f['lon']:.6f} {f['time_utc']}")
     print(format_summary(res), file=sys.stderr if args.json else sys.stdout)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

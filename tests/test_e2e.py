@@ -32,7 +32,7 @@ def test_simulated_network_locates_every_round(nodes):
     res = run_sim(SimOptions(nodes=nodes, shots=3, seed=11, local_sounds=True))
     s = res.score
     assert s.total == 7                     # 2 single shots + a 5-round burst
-    assert s.located == s.total and s.false_shots == 0
+    assert s.located == s.total and s.false_shots == 0 and s.extra_shots == 0
     assert s.median_error_m < 1.0
     doc = res.report()
     assert doc["summary"]["located"] == s.located
@@ -56,7 +56,7 @@ def test_real_time_run_measures_each_rounds_alert_latency():
     opts = SimOptions(nodes=5, shots=2, seed=3, realtime=True, burst=False, local_sounds=False, size_m=600.0)
     res = run_sim(opts)
     s = res.score
-    assert s.located == s.total == 2 and s.false_shots == 0
+    assert s.located == s.total == 2 and s.false_shots == 0 and s.extra_shots == 0
     assert len(res.latency_s) == 2
     start, dur = res.scenario.start_utc_ns, res.scenario.duration_s
     located = [m for m in s.matches if m.estimate_index is not None]
