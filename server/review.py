@@ -71,36 +71,38 @@ def shot_json(s: ShotReport, verdict: Review | None) -> dict:
     return {**s.to_json(), "verdict": _verdict_json(verdict)}
 
 
-def _list_shots(st: Store, show_all: bool, as_json: bool) -> None:
-    latest = {r.ref_id: r for r in st.reviews("shots")}           # oldest first: the last one wins
-    rows = [s for s in st.shots() if show_all or s.shot_id not in latest]
+def _show(rows: list, latest: dict[int, Review], id_of, to_json, head: str, line, noun: str,
+          show_all: bool, as_json: bool) -> None:
+    """Print ``rows`` (stored shots or candidates; ``id_of`` gives a row's id,
+    ``latest`` the last verdict per id): one JSON line each (``to_json``), or a
+    table (``head``, then ``line(row)`` and its verdict), then how many."""
     if as_json:
-        for s in rows:
-            print(json.dumps(shot_json(s, latest.get(s.shot_id))))
+        for r in rows:
+            print(json.dumps(to_json(r, latest.get(id_of(r)))))
         return
-    print(f"{'shot':>6} {'inc':>5} {'rnd':>3}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}  "
-          f"verdict       nodes")
-    for s in rows:
-        v = latest.get(s.shot_id)
-        print(f"{s.shot_id:>6} {s.incident:>5} {s.round:>3}  {ns_to_iso(s.t_utc_ns):<26} {s.lat:>11.6f} "
-              f"{s.lon:>12.6f} {s.error_m:>7.1f}  {(v.verdict if v else '-'):<12}  {len(s.nodes)}: "
-              f"{', '.join(s.nodes)}")
-    print(f"{len(rows)} shot(s){'' if show_all else ' not reviewed yet'}", file=sys.stderr)
+    print(f"{head}  verdict       nodes")
+    for r in rows:
+        v = latest.get(id_of(r))
+        print(f"{line(r)}  {(v.verdict if v else '-'):<12}  {len(r.nodes)}: {', '.join(r.nodes)}")
+    print(f"{len(rows)} {noun}(s){'' if show_all else ' not reviewed yet'}", file=sys.stderr)
 
 
-def _list(st: Store, show_all: bool, as_json: bool) -> None:
-    latest = {r.ref_id: r for r in st.reviews("candidates")}      # oldest first: the last one wins
-    rows = [c for c in st.candidates() if show_all or c.candidate_id not in latest]
-    if as_json:
-        for c in rows:
-            print(json.dumps(candidate_json(c, latest.get(c.candidate_id))))
-        return
-    print(f"{'cand':>6} {'chance':>6}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}  verdict       nodes")
-    for c in rows:
-        v = latest.get(c.candidate_id)
-        print(f"{c.candidate_id:>6} {c.chance:>6.2g}  {ns_to_iso(c.t_utc_ns):<26} {c.lat:>11.6f} {c.lon:>12.6f} "
-              f"{c.error_m:>7.1f}  {(v.verdict if v else '-'):<12}  {len(c.nodes)}: {', '.join(c.nodes)}")
-    print(f"{len(rows)} candidate(s){'' if show_all else ' not reviewed yet'}", file=sys.stderr)
+def _list(st: Store, shots: bool, show_all: bool, as_json: bool) -> None:
+    """``list`` (``--shots``): what has no verdict yet (everything with ``--all``)."""
+    table = "shots" if shots else "candidates"
+    latest = {r.ref_id: r for r in st.reviews(table)}             # oldest first: the last one wins
+    if shots:
+        rows = [x for x in st.shots() if show_all or x.shot_id not in latest]
+        _show(rows, latest, lambda x: x.shot_id, shot_json,
+              f"{'shot':>6} {'inc':>5} {'rnd':>3}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}",
+              lambda x: (f"{x.shot_id:>6} {x.incident:>5} {x.round:>3}  {ns_to_iso(x.t_utc_ns):<26} "
+                         f"{x.lat:>11.6f} {x.lon:>12.6f} {x.error_m:>7.1f}"), "shot", show_all, as_json)
+    else:
+        rows = [x for x in st.candidates() if show_all or x.candidate_id not in latest]
+        _show(rows, latest, lambda x: x.candidate_id, candidate_json,
+              f"{'cand':>6} {'chance':>6}  {'time (UTC)':<26} {'lat':>11} {'lon':>12} {'±95% m':>7}",
+              lambda x: (f"{x.candidate_id:>6} {x.chance:>6.2g}  {ns_to_iso(x.t_utc_ns):<26} {x.lat:>11.6f} "
+                         f"{x.lon:>12.6f} {x.error_m:>7.1f}"), "candidate", show_all, as_json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.cmd == "list":
-            (_list_shots if args.shots else _list)(st, args.all, args.json)
+            _list(st, args.shots, args.all, args.json)
             return 0
         table = "candidates" if args.cmd == "candidate" else "shots"
         r = st.review(table, args.id, args.verdict, args.by, args.note)

@@ -391,18 +391,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def test_node_provisioning_rehearsal_is_idempotent(tmp_path):
     bindir, log = make_stubs(tmp_path)
-    root = tmp_path / "root"
-    (root / "boot" / "firmware").mkdir(parents=True)
-    (root / "boot" / "firmware" / "config.txt").write_text("dtparam=audio=on\n")
-    (root / "boot" / "firmware" / "cmdline.txt").write_text(
-        "console=serial0,115200 console=tty1 root=PARTUUID=1234-02 rootwait\n")
-    (root / "proc" / "device-tree").mkdir(parents=True)
-    (root / "proc" / "device-tree" / "model").write_text("Raspberry Pi 4 Model B Rev 1.5\x00")
-    (root / "etc" / "chrony").mkdir(parents=True)
-    (root / "etc" / "chrony" / "chrony.conf").write_text("pool 2.debian.pool.ntp.org iburst\n")
-    (root / "etc" / "default").mkdir(parents=True)
-    (root / "etc" / "default" / "gpsd").write_text('DEVICES=""\n')
-    (root / "etc" / "fstab").write_text("PARTUUID=1234-02 / ext4 defaults 0 1\n")
+    root = pi_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.5",
+                   "console=serial0,115200 console=tty1 root=PARTUUID=1234-02 rootwait")
     args = ("--node-id", "north-01", "--server", "tcp://server.example.org:5555", "--yes")
 
     r1 = rehearse(SCRIPTS[0], root, bindir, *args)
@@ -463,13 +453,15 @@ def test_server_provisioning_rehearsal_creates_keys_once(tmp_path):
     assert "keys enroll NODE_ID --server tcp://server.example.org:5555" in r2.stdout
 
 
-def pi_root(tmp: Path) -> Path:
+def pi_root(tmp: Path, model: str = "Raspberry Pi 5 Model B Rev 1.0",
+            cmdline: str = "console=tty1 root=PARTUUID=1234-02 rootwait") -> Path:
+    """A scratch root file system of a freshly flashed Raspberry Pi ``model``."""
     root = tmp / "root"
     (root / "boot" / "firmware").mkdir(parents=True)
     (root / "boot" / "firmware" / "config.txt").write_text("dtparam=audio=on\n")
-    (root / "boot" / "firmware" / "cmdline.txt").write_text("console=tty1 root=PARTUUID=1234-02 rootwait\n")
+    (root / "boot" / "firmware" / "cmdline.txt").write_text(cmdline + "\n")
     (root / "proc" / "device-tree").mkdir(parents=True)
-    (root / "proc" / "device-tree" / "model").write_text("Raspberry Pi 5 Model B Rev 1.0\x00")
+    (root / "proc" / "device-tree" / "model").write_text(model + "\x00")
     (root / "etc" / "chrony").mkdir(parents=True)
     (root / "etc" / "chrony" / "chrony.conf").write_text("pool 2.debian.pool.ntp.org iburst\n")
     (root / "etc" / "default").mkdir(parents=True)
