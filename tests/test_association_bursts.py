@@ -277,3 +277,29 @@ def test_a_clipped_sound_has_a_level():
 
     assert unexplained_at_n0(-0.01) and unexplained_at_n0(0.0)
     assert not unexplained_at_n0(-20.0) and not unexplained_at_n0(math.nan)
+
+
+def test_arrivals_are_picked_where_the_solve_predicts_them_in_the_pooled_wind():
+    """Once the network has learnt its wind, the association's solves take it
+    as known; the arrivals around a solution must be picked by the same travel
+    times. (A straight-line prediction is off by up to distance × wind / c²:
+    up to 28 ms here, where the fine tolerance is 0.8 ms — the shot was lost.)"""
+    from server.solver import travel_times_s
+
+    wind = (2.4, -0.8)
+    ang = np.arange(8) * math.pi / 4
+    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
+    src = np.array([300.0, 1100.0, 1.5])
+    tau = travel_times_s(nodes, src, C, wind)
+    for known in (wind, (0.0, 0.0)):
+        assoc = Associator(AssociationConfig(), C, z_source=1.5)
+        assoc.wind_mps = known
+        for i, (r, t) in enumerate(zip(nodes, tau)):
+            assoc.add(Arrival(i, f"n{i}", REF + int((2.0 + t) * 1e9), 2e-5, r, peak_dbfs=-20.0))
+        found, _ = assoc.step(None)
+        if known == wind:
+            assert len(found) == 1 and len(found[0].arrivals) == 8
+            assert np.linalg.norm(found[0].solution.pos[:2] - src[:2]) < 0.5
+        else:                         # told still air, the same arrivals fit less well
+            assert not found or len(found[0].arrivals) < 8 or \
+                np.linalg.norm(found[0].solution.pos[:2] - src[:2]) > 0.5
