@@ -85,20 +85,24 @@ def test_aic_pick_finds_variance_change():
 _WHOLE = _signal(11, [FS * 0.9 + 0.3, FS * 1.7, FS * 1.8 + 0.6, FS * 2.95], 25.0, FS * 3)
 
 
+def _chunked(x: np.ndarray, cuts: list[int]) -> list:
+    """The onsets of ``x`` fed in chunks of the sizes ``cuts`` (then the rest), flushed."""
+    det = Detector(DetectorConfig(), FS)
+    got, i = [], 0
+    for c in cuts:
+        got += det.process(x[i:i + c])
+        i += c
+        if i >= x.size:
+            break
+    return got + det.process(x[i:]) + det.flush()
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=FS // 2), min_size=1, max_size=30))
 def test_chunked_equals_whole(cuts):
     """Any chunking of the stream yields exactly the whole-signal onsets."""
     whole = detect(_WHOLE, DetectorConfig(), FS)
-    det = Detector(DetectorConfig(), FS)
-    got = []
-    i = 0
-    for c in cuts:
-        got += det.process(_WHOLE[i:i + c])
-        i += c
-        if i >= _WHOLE.size:
-            break
-    got += det.process(_WHOLE[i:]) + det.flush()
+    got = _chunked(_WHOLE, cuts)
     assert len(got) == len(whole) == 4
     for a, b in zip(got, whole):
         assert a.frame == b.frame
@@ -188,12 +192,5 @@ def test_chunked_equals_whole_across_digital_silence(cuts):
     kept, and what comes within the warm-up after it is not."""
     whole = detect(_GAPPY, DetectorConfig(), FS)
     assert [round(o.frame / FS, 2) for o in whole] == [0.9, 1.7, 2.8, 4.95]
-    det = Detector(DetectorConfig(), FS)
-    got, i = [], 0
-    for c in cuts:
-        got += det.process(_GAPPY[i:i + c])
-        i += c
-        if i >= _GAPPY.size:
-            break
-    got += det.process(_GAPPY[i:]) + det.flush()
+    got = _chunked(_GAPPY, cuts)
     assert [(o.frame, o.trigger_frame) for o in got] == [(o.frame, o.trigger_frame) for o in whole]
