@@ -770,6 +770,14 @@ class Associator:
         rel = {n: np.array([(a.t_ns - seed.t_ns) * 1e-9 for a in arr]) for n, arr in cands.items()}
         pos = {n: arr[0].pos for n, arr in cands.items()}
         c = self.c_nominal
+        if any(self.wind_mps):
+            # the pooled wind, to first order: it moves every cell's predicted
+            # time at a node, relative to the seed's node, by the same
+            # -w·(r_node - r_seed)/c² (the cell's own position cancels), so the
+            # grids compare still-air predictions with times shifted by that
+            wx, wy = self.wind_mps
+            rel = {n: t + (wx * (pos[n][0] - seed.pos[0]) + wy * (pos[n][1] - seed.pos[1])) / c**2
+                   for n, t in rel.items()}
         grid = self._grid_for(seed.pos)
         d0 = grid.distances(seed.node, seed.pos)
         # c-range: half the spread of 1/c over the candidates (s/m)
