@@ -264,6 +264,9 @@ class Detector:
         self.reach_before = max(self.pick_pre, self.lookback + self.lookback_noise)
         self.need_before = self.reach_before + max(self.snip_pre, self.hp_lead) + 2
         self.need_after = max(self.pick_post, self.snip_post + self.pick_post) + 2
+        #: the most frames an onset can lie before its trigger: the AIC window
+        #: or the look-back, then the leading-edge refinement's 1 ms (and a sample)
+        self.max_lead = max(self.pick_pre, self.lookback) + max(2, int(round(0.001 * self.fs))) + 1
         self.history = self.need_before + self.need_after + 1
         self._raw = np.zeros(0, dtype=np.float32)
         self._hist_start = start_frame  # stream index of _raw[0]

@@ -346,9 +346,8 @@ class NodeRunner:
 
         From the timebase while audio flows: a trigger still waiting for the
         samples after it is at most ``need_after`` frames old, and its onset
-        lies at most ``need_before`` frames before it (the pick window and the
-        look-back, as far back as the detector keeps audio for a pending
-        trigger). While the audio device is down (or before the timebase has any
+        lies at most ``max_lead`` frames before it (the pick window or the
+        look-back, and the leading-edge refinement). While the audio device is down (or before the timebase has any
         timing) nothing earlier than now can come from the audio, so the wall
         clock — otherwise a node with a dead microphone would hold the whole
         network's association back. Either way the mark stays before every onset
@@ -356,7 +355,7 @@ class NodeRunner:
         ``HOLD_MAX_S``; it never goes back."""
         frames = self.detector.frames_seen
         if not final:
-            frames -= self.detector.need_after + self.detector.need_before
+            frames -= self.detector.need_after + self.detector.max_lead
         try:
             mark = self.timebase.to_utc_ns(max(0, frames))
         except RuntimeError:

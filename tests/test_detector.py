@@ -194,3 +194,27 @@ def test_chunked_equals_whole_across_digital_silence(cuts):
     assert [round(o.frame / FS, 2) for o in whole] == [0.9, 1.7, 2.8, 4.95]
     got = _chunked(_GAPPY, cuts)
     assert [(o.frame, o.trigger_frame) for o in got] == [(o.frame, o.trigger_frame) for o in whole]
+
+
+@pytest.mark.parametrize(("fs", "first_snr", "late_snr"), [(12_000, 12, 40), (48_000, 6, 20)])
+@pytest.mark.parametrize("lead_ms", [5.0, 15.0, 24.0, 40.0])
+def test_an_onset_lies_at_most_max_lead_before_its_trigger(fs, first_snr, late_snr, lead_ms):
+    """What a node's watermark allows for: a first arrival too weak to trigger,
+    ``lead_ms`` before the sound that does (the look-back goes back to it, as in
+    test_pick_goes_back_to_a_weaker_first_arrival), never puts the onset more
+    than ``Detector.max_lead`` frames before the trigger — and does put it
+    further back than the pick window alone."""
+    det = Detector(DetectorConfig(), fs)
+    back = []
+    for seed in range(4):
+        rng = np.random.default_rng([seed, int(lead_ms), fs])
+        n = int(fs * 3.0)
+        x = rng.normal(0.0, 1e-3, n)
+        loud = fs * 1.5 + rng.uniform(0, 1)
+        x += friedlander(n, loud - lead_ms * 1e-3 * fs, first_snr * 1e-3, fs)
+        x += friedlander(n, loud, late_snr * 1e-3, fs)
+        (o,) = detect(x, DetectorConfig(), fs)
+        back.append(o.trigger_frame - o.frame)
+    assert max(back) <= det.max_lead, (back, det.max_lead)
+    if 10.0 < lead_ms < 25.0:              # the look-back's reach
+        assert max(back) > det.pick_pre
