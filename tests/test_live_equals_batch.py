@@ -47,8 +47,8 @@ def test_replayed_as_live_the_engine_decides_what_it_decides_at_once(fp, name, s
 
 
 def test_a_live_step_must_be_positive():
-    from common.recording_set import RecordingSetError
+    from common.recording_set import RecordingSet, RecordingSetError, SetNode
 
-    rs = load_test(shared_data("pittsburgh", "PittsburghPA_DQV_2018-12-18", "FP3", "test_051")).recording_set
+    rs = RecordingSet(None, 15.0, (SetNode("n1", 40.44, -79.99, 250.0),))
     with pytest.raises(RecordingSetError, match="must be > 0"):
-        locate(rs, "audio", live_step_s=0.0)
+        locate(rs, "picks", live_step_s=0.0)
