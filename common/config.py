@@ -315,10 +315,8 @@ class SecurityConfig(_Checked):
     secret_key: str | None = None
 
     def _check(self) -> None:
-        keys = {k: getattr(self, k) for k in ("server_public_key", "public_key", "secret_key")}
-        if all(v is None for v in keys.values()):
-            return
-        for k, v in keys.items():
+        for k in ("server_public_key", "public_key", "secret_key"):
+            v = getattr(self, k)
             if v is not None and not is_valid_key(v):
                 shown = f"a {len(v)}-character value" if k == "secret_key" else repr(v)   # never echo a secret
                 raise _FieldError(self, k, f"{shown} is not a 40-character Z85 CURVE key; paste it "

@@ -42,11 +42,10 @@ def make_source(cfg: NodeConfig):
     else:
         raise ConfigError(f"[audio] source = {a.source!r} is only for `earwitness sim`; "
                           "use \"sounddevice\" or \"wav\"")
-    if not 0 <= a.mic_channel < source.channels:
-        what = (f"{a.wav_path} has {source.channels} channel(s)" if a.source == "wav"
-                else f"[audio] channels = {source.channels}")
-        raise ConfigError(f"[audio] mic_channel = {a.mic_channel}, but {what}; channels count from 0: "
-                          f"set mic_channel to 0..{source.channels - 1}")
+    from node.pipeline import check_mic_channel
+
+    check_mic_channel(a.mic_channel, source.channels,
+                      a.wav_path if a.source == "wav" else "the sound card (as opened: [audio] channels)")
     return source
 
 

@@ -75,6 +75,14 @@ def status_states(status: Mapping[str, Any]) -> frozenset:
                      for k, v in status.items())
 
 
+def check_mic_channel(mic_channel: int, channels: int, source: str) -> None:
+    """ConfigError unless ``[audio] mic_channel`` is one of the ``channels`` the
+    audio ``source`` (named so in the message) delivers."""
+    if not 0 <= mic_channel < channels:
+        raise ConfigError(f"[audio] mic_channel = {mic_channel}, but {source} has {channels} channel(s); "
+                          f"channels count from 0: set mic_channel to 0..{channels - 1}")
+
+
 def backoff_s(attempt: int, first_s: float = 1.0, max_s: float = 30.0) -> float:
     """Delay before retry number ``attempt`` (0-based): 1, 2, 4, … capped at 30 s.
 
@@ -120,10 +128,7 @@ class NodeRunner:
         self.position = position
         self.status_fn = status
         self.sleep = sleep
-        channels = int(source.channels)
-        if not 0 <= cfg.audio.mic_channel < channels:
-            raise ConfigError(f"[audio] mic_channel = {cfg.audio.mic_channel}, but the audio source has "
-                              f"{channels} channel(s) (0-based): set mic_channel to 0..{channels - 1}")
+        check_mic_channel(cfg.audio.mic_channel, int(source.channels), "the audio source")
         self.fs = float(source.sample_rate)
         if self.fs != float(cfg.audio.sample_rate):
             log.info("audio: the source runs at %g Hz ([audio] sample_rate = %d is not used for it)",
