@@ -304,10 +304,11 @@ def enroll(keydir: str | os.PathLike, node_id: str, server_endpoint: str, *,
             f"node {node_id} is already enrolled ({path}); to issue a new key run "
             f"`earwitness keys revoke {node_id} --dir {d}` first")
     out_path = None if out is None else Path(out).absolute()
+    out_exists = (f"{out_path} exists; give --out a file name that does not exist yet "
+                  f"(it is never overwritten). Node {node_id} was not enrolled")
     if out_path is not None:
         if out_path.exists() or out_path.is_symlink():
-            raise KeyToolError(f"{out_path} exists; give --out a file name that does not exist yet "
-                               f"(it is never overwritten). Node {node_id} was not enrolled")
+            raise KeyToolError(out_exists)
         if not out_path.parent.is_dir():
             raise KeyToolError(f"cannot write {out_path}: directory {out_path.parent} does not exist; "
                                f"create it or choose another file. Node {node_id} was not enrolled")
@@ -316,9 +317,8 @@ def enroll(keydir: str | os.PathLike, node_id: str, server_endpoint: str, *,
     if out_path is not None:
         try:
             _write_file(out_path, config_toml, 0o600, overwrite=False)
-        except FileExistsError:
-            raise KeyToolError(f"{out_path} exists; give --out a file name that does not exist yet "
-                               f"(it is never overwritten). Node {node_id} was not enrolled") from None
+        except FileExistsError:         # (created since the check above)
+            raise KeyToolError(out_exists) from None
         except OSError as exc:
             raise KeyToolError(f"cannot write {out_path} ({exc.strerror or exc}); choose another file. "
                                f"Node {node_id} was not enrolled") from None
