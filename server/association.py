@@ -37,7 +37,7 @@ Search, for one pending arrival ``a0`` (the seed) at node ``r0``:
 
 A candidate becomes a shot only if its core has at least ``min_nodes`` arrivals
 with ``a0`` among them; if it is unlikely to be a chance alignment of unrelated
-sounds (:meth:`Associator._chance`, at most ``max_chance``; a seed that fails only
+sounds (:meth:`Associator._priced`, at most ``max_chance``; a seed that fails only
 this, within ``review_max_chance``, is noted — :meth:`Associator.came_close` —
 and the engine's review associator searches from it among the put-aside
 arrivals for a candidate to show a person); if most nodes closer
@@ -204,8 +204,12 @@ class Association:
     solution: Solution
     ref_ns: int
     n_core: int = 0
-    #: Expected number of chance alignments as good as this one (see Associator._chance).
+    #: Expected number of chance alignments as good as this one (see Associator._priced).
     chance: float = 0.0
+    #: The factor a burst's repeats of its timing put into ``chance``
+    #: (Associator._repeat_factor; 1: none): re-checked when shots formed since
+    #: explain those repeats as their echoes' (Associator._repeats_explained).
+    repeat_factor: float = 1.0
 
     @property
     def t0_ns(self) -> int:
@@ -598,6 +602,14 @@ class Associator:
             # An arrival whose own search found nothing may still belong to a shot
             # found from another seed; only when no ready seed yields a shot are
             # the ready arrivals left over put aside (echoes, local sounds, …).
+            # a seed searched before the shots formed since may have passed on a
+            # burst's repeats that those shots now explain as their echoes'
+            # (decided at once, every seed is searched before any shot forms)
+            stale = [a.key for a in ready if cache.get(a.key) is not None and self._repeats_explained(cache[a.key])]
+            if stale:
+                for key in stale:
+                    del cache[key]
+                continue
             cands = [cache[a.key] for a in ready if cache.get(a.key) is not None]
             cands = [c for c in cands if not self._is_echo(c) and not self._echo_lineup(c)]
             cands = [c for c in cands if not self._thin_and_late(c)]
@@ -744,8 +756,8 @@ class Associator:
                     # alike in arrivals: the rest of the ranking decides (see
                     # _better: the earlier path, then the chance alignment)
                     if not priced:
-                        best, priced = replace(best, chance=self._chance(best, cands)), True
-                    cand = replace(cand, chance=self._chance(cand, cands))
+                        best, priced = self._priced(best, cands), True
+                    cand = self._priced(cand, cands)
                     if self._better(cand, best):
                         best = cand
         if best is None or not self._enough_nodes(best) or not self._consistent(best):
@@ -753,9 +765,9 @@ class Associator:
         if len(searches) > 1 and all(self._is_first(a) for a in best.arrivals):
             # made of first sounds only: it is one of the line-ups of first sounds,
             # so that is the population a coincidence would have come from too
-            best = replace(best, chance=self._chance(best, cands, searches[1]))
+            best = self._priced(best, cands, searches[1])
         elif not priced:
-            best = replace(best, chance=self._chance(best, cands))
+            best = self._priced(best, cands)
         if best.chance > self.cfg.max_chance:
             if best.chance <= self.cfg.review_max_chance:
                 self._weak.add(seed.key)
@@ -900,9 +912,18 @@ class Associator:
         near = sum(1 for n, d in dist.items() if d <= reach)
         return len(heard) >= max(self.cfg.min_nodes, int(np.ceil(self.cfg.min_fraction * near)))
 
-    def _chance(self, cand: Association, *pools: dict[str, list[Arrival]]) -> float:
-        """Expected number of chance alignments as good as ``cand`` among the
-        arrivals around its seed (each of ``pools``: per other node, the arrivals
+    def _repeats_explained(self, cand: Association) -> bool:
+        """``cand`` passed the chance threshold on a burst's evidence (other sounds
+        repeating its timing) that the shots formed since explain: it is made
+        of their echoes, and their rounds repeat (:meth:`_repeat_factor`). Its
+        search is to be redone as things are now."""
+        if cand.repeat_factor >= 1.0 or self._formed_echo_delays(cand) is None:
+            return False
+        return cand.chance / cand.repeat_factor * self._repeat_factor(cand) > self.cfg.max_chance
+
+    def _priced(self, cand: Association, *pools: dict[str, list[Arrival]]) -> Association:
+        """``cand`` with its ``chance``: the expected number of chance alignments
+        as good as ``cand`` among the arrivals around its seed (each of ``pools``: per other node, the arrivals
         it could be made of; the smallest count of them is taken), if none of
         them came from a common source.
 
@@ -915,11 +936,14 @@ class Associator:
         arrivals within the fine tolerance τ) and for all the arrivals kept (τ:
         the largest residual among them). A real shot heard by many nodes scores
         far below ``max_chance``; a few stray sounds that happen to line up, in a
-        busy neighbourhood, do not."""
-        return min(self._chance_count(cand, cands) for cands in pools) * self._repeat_factor(cand)
+        busy neighbourhood, do not. Times the burst's evidence
+        (:meth:`_repeat_factor`, kept as ``repeat_factor``)."""
+        factor = self._repeat_factor(cand)
+        return replace(cand, chance=min(self._chance_count(cand, cands) for cands in pools) * factor,
+                       repeat_factor=factor)
 
     def _chance_count(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
-        """:meth:`_chance` among one pool, before a burst's evidence."""
+        """:meth:`_priced`'s count among one pool, before a burst's evidence."""
         u = self._n_unknowns_2d()
         seed = cand.arrivals[0]
         rates: list[float] = []
@@ -979,11 +1003,49 @@ class Associator:
         for x in others:
             n = int(np.count_nonzero(np.abs(arr[x.node] - x.t_ns) <= window_ns))
             rates.append(n / (2.0 * REPEAT_WINDOW_S))
-        k = sum(1 for d in deltas if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others))
+        shadow = self._formed_echo_delays(cand)
+        k = sum(1 for d in deltas
+                if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others)
+                and not (shadow is not None and self._echoes_repeat(shadow, d, tol_ns)))
         if k == 0:
             return 1.0
         q = float(np.prod([min(1.0, 2.0 * tol_ns * 1e-9 * r) for r in rates]))
         return float(min(1.0, math.comb(len(deltas), k) * q**k))
+
+    def _formed_echo_delays(self, cand: Association) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """Could ``cand`` be the echoes of formed shots? Per arrival's node: the
+        times (ns) of the formed arrivals there that it trails (by up to
+        :meth:`max_travel_ns`: a reflection is a path within hearing range) and
+        is weaker than by ``PRECEDE_DB``, and the times of every formed arrival
+        there. None when some arrival has no such sound before it, or its level
+        (or theirs) is unknown — then nothing says it is an echo."""
+        span = self.max_travel_ns()
+        formed: dict[str, list[tuple[int, float]]] = {}
+        for shot in self._recent:
+            for y in shot.arrivals:
+                formed.setdefault(y.node, []).append((y.t_ns, y.peak_dbfs))
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for x in cand.arrivals:
+            heard = formed.get(x.node, ())
+            trailed = [t for t, lv in heard
+                       if 0 < x.t_ns - t <= span and x.peak_dbfs <= lv - PRECEDE_DB]   # False with NaN
+            if not trailed:
+                return None
+            out[x.node] = (np.array(trailed, dtype=np.int64), np.array([t for t, _ in heard], dtype=np.int64))
+        return out
+
+    @staticmethod
+    def _echoes_repeat(shadow: dict[str, tuple[np.ndarray, np.ndarray]], delta_ns: int, tol_ns: float) -> bool:
+        """A repeat of a candidate's timing ``delta_ns`` later (or earlier) that its
+        echo reading explains: at every node, one of the formed sounds it trails
+        is repeated ``delta_ns`` later by a formed sound, so the same reflection
+        of that one lies where the repeat is. A burst's echoes repeat its rhythm
+        at every node; that repetition is the burst's, and says nothing more
+        about the echoes' line-up."""
+        for trailed, heard in shadow.values():
+            if not np.any(np.abs(heard[None, :] - (trailed[:, None] + delta_ns)) <= tol_ns):
+                return False
+        return True
 
     def _thin_and_late(self, cand: Association) -> bool:
         """``cand`` has a single arrival beyond its unknowns (x, y, t0, and c when
@@ -1288,10 +1350,12 @@ class Associator:
             cand = self._refine(a, cands, shot.solution.pos.copy(), shot.solution.c_mps or self.c_nominal)
             if cand is None or not self._enough_nodes(cand):
                 continue
-            chance = min(self._chance(cand, cands), self._repeat_chance(cand, cands, shot, tried))
-            if chance > self.cfg.max_chance:
+            cand = self._priced(cand, cands)
+            chance = self._repeat_chance(cand, cands, shot, tried)
+            if chance < cand.chance:
+                cand = replace(cand, chance=chance, repeat_factor=1.0)
+            if cand.chance > self.cfg.max_chance:
                 continue
-            cand = replace(cand, chance=chance)
             if {x.node for x in cand.arrivals} >= cands.keys():
                 found |= {x.key for x in cand.arrivals}
             old = cache.get(a.key)
