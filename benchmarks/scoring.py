@@ -9,7 +9,8 @@ Rules (see also docs/recording-set.md, "truth"):
 * Otherwise it may be matched to one round of a truth shot whose emission time is
   within ``time_window_s`` (0.1 s) of the located time: a **located** round. Each
   fired round takes at most one located round; the matching maximises the number
-  of matches, then prefers timed entries and small time differences.
+  of matches, then prefers timed entries and small time differences (the
+  assignment is ``sim.report.assign_rounds``, which scores the simulations too).
 * A round of an untimed truth entry (``t_utc_ns`` None: fired, but with no
   labelled arrivals to tell when) cannot be checked against its emission time,
   so it is never located. A located round matched to one is **unverified**:
@@ -35,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from common.geodesy import LocalFrame
 from common.recording_set import TruthShot
 from common.timefmt import NS_PER_S
+from sim.report import assign_rounds
 
 TIME_WINDOW_S = 0.1
 FALSE_RADIUS_M = 100.0
@@ -112,41 +113,21 @@ def score_test(truth: Sequence[TruthShot], located: Iterable[Any], *, name: str 
     n_loc = len(located)
     dist = np.array([[horizontal_error_m(float(l.lat), float(l.lon), s) for s in truth] for l in located]
                     ).reshape(n_loc, len(truth))
-    # (not ``dist <= r``: a non-finite distance is never within it)
-    is_false = ~(dist <= false_radius_m).any(axis=1) if n_loc else np.zeros(0, dtype=bool)
-
-    # One column per fired round.
+    # One column per fired round; NaN time difference: fired at an unknown time.
     slot_truth = [i for i, s in enumerate(truth) for _ in range(s.rounds)]
-    big = 1e6
-    cost = np.full((n_loc, len(slot_truth)), big)
-    dts = np.full((n_loc, len(slot_truth)), np.nan)
-    for j, loc in enumerate(located):
-        if is_false[j]:
-            continue
-        for k, i in enumerate(slot_truth):
-            if dist[j, i] > false_radius_m:
-                continue
-            t_true = truth[i].t_utc_ns
-            if t_true is None:
-                cost[j, k] = 2.0                      # untimed: allowed, but timed slots preferred
-                continue
-            dt = (int(loc.t_utc_ns) - int(t_true)) / NS_PER_S
-            if abs(dt) <= time_window_s:
-                cost[j, k] = abs(dt) / time_window_s  # 0..1
-                dts[j, k] = dt
+    dts = np.array([[math.nan if truth[i].t_utc_ns is None else (int(loc.t_utc_ns) - int(truth[i].t_utc_ns)) / NS_PER_S
+                     for i in slot_truth] for loc in located]).reshape(n_loc, len(slot_truth))
+    is_false, pairs = assign_rounds(dist[:, slot_truth], dts, false_radius_m, time_window_s)
     matches = []
     unverified = 0
-    if n_loc and slot_truth:
-        rows, cols = linear_sum_assignment(cost)
-        for j, k in zip(rows, cols):
-            if cost[j, k] < big:
-                i = slot_truth[k]
-                if truth[i].t_utc_ns is None:       # no emission time to check it against
-                    unverified += 1
-                    continue
-                radius = getattr(located[j], "error_m", None)
-                matches.append(RoundMatch(truth_index=i, located_index=int(j), error_m=float(dist[j, i]),
-                                          dt_s=float(dts[j, k]), radius_m=None if radius is None else float(radius)))
+    for j, k in pairs:
+        i = slot_truth[k]
+        if truth[i].t_utc_ns is None:           # no emission time to check it against
+            unverified += 1
+            continue
+        radius = getattr(located[j], "error_m", None)
+        matches.append(RoundMatch(truth_index=i, located_index=j, error_m=float(dist[j, i]),
+                                  dt_s=float(dts[j, k]), radius_m=None if radius is None else float(radius)))
     matches.sort(key=lambda m: (m.truth_index, m.located_index))
     n_false = int(np.count_nonzero(is_false))
     return TestScore(name=name, group=group, rounds_fired=fired, located_total=n_loc, matches=tuple(matches),

@@ -1,13 +1,13 @@
 """Scoring a simulation run: located shots against the simulated truth.
 
-The project's rules (as ``benchmarks/scoring.py``, "score_test"): a located
-shot more than ``MATCH_RADIUS_M`` from every true round is a **false shot**;
-the others are matched one-to-one to true rounds whose emission time is within
-``MATCH_WINDOW_S`` and position within ``MATCH_RADIUS_M``, by an optimal
-assignment (as many matches as possible, then the smallest time differences);
-the rest are **extra shots** (more located than fired, or at a time when
-nothing was fired there).
-"""
+The project's rules, here and for the real-data benchmarks
+(``benchmarks/scoring.py``, "score_test", which uses :func:`assign_rounds`): a
+located shot more than ``MATCH_RADIUS_M`` from every true round (or at a
+non-finite position) is a **false shot**; the others are matched one-to-one
+to true rounds whose emission time is within ``MATCH_WINDOW_S`` and position
+within ``MATCH_RADIUS_M``, by an optimal assignment (as many matches as
+possible, then the smallest time differences); the rest are **extra shots**
+(more located than fired, or at a time when nothing was fired there)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,40 @@ class SimScore:
         return len(self.extra_estimates)
 
 
+def assign_rounds(dist_m: np.ndarray, dt_s: np.ndarray, radius_m: float = MATCH_RADIUS_M,
+                  window_s: float = MATCH_WINDOW_S) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The project's matching rule, shared with ``benchmarks/scoring.py``.
+
+    dist_m: (m, k) horizontal distance (m) of located shot j from fired round k;
+    dt_s: (m, k) located minus emission time (s), NaN for a round fired at an
+    unknown time. Returns (is_false: (m,) bool, a located shot further than
+    ``radius_m`` from every round, or at a non-finite distance; pairs (j, k) of
+    an optimal one-to-one assignment: as many pairs as possible of a shot within
+    ``radius_m`` of a round and, when the round's time is known, within
+    ``window_s`` of it; then rounds with a time before rounds without; then
+    the smallest time differences)."""
+    dist_m = np.asarray(dist_m, dtype=float)
+    dt_s = np.asarray(dt_s, dtype=float)
+    m, k = dist_m.shape
+    # (not ``dist > r``: a non-finite distance is never within it)
+    near = dist_m <= radius_m
+    is_false = ~near.any(axis=1)
+    untimed = np.isnan(dt_s)
+    allowed = near & (untimed | (np.abs(np.nan_to_num(dt_s)) <= window_s))
+    # Cost 0..1 for a timed pair (its time difference), 2 for an untimed one,
+    # ``big`` otherwise: the assignment first maximises the number of allowed
+    # pairs, then prefers timed rounds and small time differences.
+    big = 1e6
+    cost = np.where(allowed, np.where(untimed, 2.0, np.abs(np.nan_to_num(dt_s)) / window_s), big)
+    pairs: list[tuple[int, int]] = []
+    if m and k:
+        pairs = [(int(j), int(i)) for j, i in zip(*linear_sum_assignment(cost)) if allowed[j, i]]
+    return is_false, pairs
+
+
 def score(truth_t_ns: np.ndarray, truth_xy: np.ndarray, est_t_ns: np.ndarray, est_xy: np.ndarray) -> SimScore:
-    """Match estimates to true rounds one-to-one by the module's rules.
+    """Match estimates to true rounds one-to-one by the module's rules
+    (:func:`assign_rounds`).
 
     truth_t_ns: (n,) emission times; truth_xy: (n, 2) m; est_t_ns: (m,); est_xy: (m, 2) m
     (same local frame).
@@ -65,19 +97,10 @@ def score(truth_t_ns: np.ndarray, truth_xy: np.ndarray, est_t_ns: np.ndarray, es
     truth_xy = np.asarray(truth_xy, dtype=float).reshape(n, 2)
     est_xy = np.asarray(est_xy, dtype=float).reshape(m, 2)
     dist = np.linalg.norm(est_xy[:, None, :] - truth_xy[None, :, :], axis=2)          # (m, n)
-    dt = np.abs((est_t_ns[:, None] - truth_t_ns[None, :]).astype(np.float64)) / 1e9   # (m, n)
-    is_false = (dist > MATCH_RADIUS_M).all(axis=1) if n else np.ones(m, dtype=bool)
-    allowed = (dist <= MATCH_RADIUS_M) & (dt <= MATCH_WINDOW_S)
-    # Cost 0..1 for an allowed pair (its time difference), ``big`` otherwise: the
-    # assignment first maximises the number of allowed pairs, then minimises time.
-    big = 1e6
-    cost = np.where(allowed, dt / MATCH_WINDOW_S, big)
-    used_t: dict[int, tuple[int, float]] = {}
-    if n and m:
-        for j, i in zip(*linear_sum_assignment(cost)):
-            if allowed[j, i]:
-                used_t[int(i)] = (int(j), float(dist[j, i]))
-    used_e = {j for j, _ in used_t.values()}
+    dt = (est_t_ns[:, None] - truth_t_ns[None, :]).astype(np.float64) / 1e9          # (m, n)
+    is_false, pairs = assign_rounds(dist, dt)
+    used_t = {i: (j, float(dist[j, i])) for j, i in pairs}
+    used_e = {j for j, _ in pairs}
     matches = tuple(Match(i, used_t[i][0], used_t[i][1]) if i in used_t else Match(i, None, None)
                     for i in range(n))
     errs = np.array([mt.error_m for mt in matches if mt.error_m is not None])

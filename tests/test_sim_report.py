@@ -80,3 +80,12 @@ def test_matches_the_benchmarks_scoring_rules():
                      [SimpleNamespace(lat=float(a), lon=float(o), t_utc_ns=int(t)) for a, o, t in zip(elat, elon, est_t)])
     assert (sc.located, sc.false_shots, sc.extra_shots) == (ref.located, ref.false_shots, ref.extra_shots)
     assert sc.located and sc.false_shots and sc.extra_shots          # the case has all three
+
+
+def test_an_estimate_at_a_non_finite_position_is_a_false_shot():
+    # as in benchmarks/scoring (a solver that diverged must not vanish from the
+    # count: before, NaN was "not further than 100 m" and counted as extra)
+    truth_t = np.array([T0])
+    truth_xy = np.array([[0.0, 0.0]])
+    sc = score(truth_t, truth_xy, np.array([T0, T0]), np.array([[1.0, 0.0], [np.nan, 0.0]]))
+    assert (sc.located, sc.false_estimates, sc.extra_shots) == (1, (1,), 0)
