@@ -431,7 +431,9 @@ class SystemClockTimebase:
                       if self._counts["no_clock"] else self._event)
         elif self._fit is None or span < need or m < 2:
             locked = False
-            detail = f"{self._event}: {span / self._fs:.1f} of {need / self._fs:.1f} s of timing data"
+            # a state, not a progress figure: heartbeats carry the whole status
+            # whenever a text in it changes (node.pipeline.status_states)
+            detail = f"{self._event}: collecting {need / self._fs:.1f} s of timing data"
         elif abs(ppm) > self._max_ppm:
             locked = False
             detail = f"fitted sample rate is {ppm:+.0f} ppm off nominal: wrong sample_rate or clock?"

@@ -331,3 +331,21 @@ def test_overflow_without_lost_time_relocks_quickly():
             unlocked_after.append(not tb.status().locked)
     assert unlocked_after[0] and not any(unlocked_after[30:])
     assert tb.stats()["steps"] == 0
+
+
+def test_the_detail_while_locking_is_a_state_not_a_progress_figure():
+    # a heartbeat carries its whole status when a text in it changes: a detail
+    # that counted the seconds collected changed at every refresh until lock
+    from node.pipeline import status_states
+
+    sim = simulate(30, seed=12)
+    tb = SystemClockTimebase(TimebaseConfig(fit_window_s=30.0), FS)
+    seen = set()
+    for b in sim.blocks:
+        tb.observe(b)
+        st = tb.status()
+        if not st.locked:
+            seen.add(status_states({"timing_detail": st.detail, "timing_locked": st.locked}))
+    assert tb.status().locked
+    assert len(seen) <= 2, seen          # "waiting for audio", then collecting
+    assert any("collecting" in dict(s)["timing_detail"] for s in seen)
