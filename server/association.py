@@ -206,10 +206,11 @@ class Association:
     n_core: int = 0
     #: Expected number of chance alignments as good as this one (see Associator._priced).
     chance: float = 0.0
-    #: The factor a burst's repeats of its timing put into ``chance``
-    #: (Associator._repeat_factor; 1: none): re-checked when shots formed since
-    #: explain those repeats as their echoes' (Associator._repeats_explained).
-    repeat_factor: float = 1.0
+    #: ``chance`` without a burst's repeats of its timing as evidence
+    #: (Associator._repeat_factor): when only those repeats bring it under the
+    #: threshold, they are re-checked once shots formed since may explain them
+    #: as their echoes' (Associator._repeats_explained).
+    chance_alone: float = 0.0
 
     @property
     def t0_ns(self) -> int:
@@ -605,7 +606,7 @@ class Associator:
             # a seed searched before the shots formed since may have passed on a
             # burst's repeats that those shots now explain as their echoes'
             # (decided at once, every seed is searched before any shot forms)
-            stale = [a.key for a in ready if cache.get(a.key) is not None and self._repeats_explained(cache[a.key])]
+            stale = [k for k, v in cache.items() if v is not None and self._repeats_explained(v)]
             if stale:
                 for key in stale:
                     del cache[key]
@@ -917,9 +918,9 @@ class Associator:
         repeating its timing) that the shots formed since explain: it is made
         of their echoes, and their rounds repeat (:meth:`_repeat_factor`). Its
         search is to be redone as things are now."""
-        if cand.repeat_factor >= 1.0 or self._formed_echo_delays(cand) is None:
+        if cand.chance_alone <= self.cfg.max_chance or self._formed_echo_delays(cand) is None:
             return False
-        return cand.chance / cand.repeat_factor * self._repeat_factor(cand) > self.cfg.max_chance
+        return cand.chance_alone * self._repeat_factor(cand) > self.cfg.max_chance
 
     def _priced(self, cand: Association, *pools: dict[str, list[Arrival]]) -> Association:
         """``cand`` with its ``chance``: the expected number of chance alignments
@@ -937,10 +938,11 @@ class Associator:
         the largest residual among them). A real shot heard by many nodes scores
         far below ``max_chance``; a few stray sounds that happen to line up, in a
         busy neighbourhood, do not. Times the burst's evidence
-        (:meth:`_repeat_factor`, kept as ``repeat_factor``)."""
-        factor = self._repeat_factor(cand)
-        return replace(cand, chance=min(self._chance_count(cand, cands) for cands in pools) * factor,
-                       repeat_factor=factor)
+        (:meth:`_repeat_factor`; without it: ``chance_alone``)."""
+        alone = min(self._chance_count(cand, cands) for cands in pools)
+        # (a factor that underflows to 0 must not make an infinite count NaN)
+        chance = alone * self._repeat_factor(cand) if math.isfinite(alone) else alone
+        return replace(cand, chance=chance, chance_alone=alone)
 
     def _chance_count(self, cand: Association, cands: dict[str, list[Arrival]]) -> float:
         """:meth:`_priced`'s count among one pool, before a burst's evidence."""
@@ -976,7 +978,9 @@ class Associator:
         sounds (pending or already in a shot) repeat ``cand``'s timing at every
         one of its nodes (the same delay Δ after or before each of its arrivals,
         within the fine tolerance, ``MIN_ROUND_GAP_S`` ≤ |Δ| ≤
-        ``REPEAT_WINDOW_S``), given that some do; 1 when none do.
+        ``REPEAT_WINDOW_S``), given that some do; 1 when none do. A repeat
+        that formed shots explain — ``cand`` is their echoes, and they repeat
+        (:meth:`_formed_echo_delays`, :meth:`_echoes_repeat`) — is not counted.
 
         A burst fires from one place, so its rounds repeat one pattern of arrival
         times across the nodes. For unrelated sounds, once Δ is fixed by one of the
@@ -1351,9 +1355,9 @@ class Associator:
             if cand is None or not self._enough_nodes(cand):
                 continue
             cand = self._priced(cand, cands)
+            # the search from a formed shot's position is evidence of its own
             chance = self._repeat_chance(cand, cands, shot, tried)
-            if chance < cand.chance:
-                cand = replace(cand, chance=chance, repeat_factor=1.0)
+            cand = replace(cand, chance=min(cand.chance, chance), chance_alone=min(cand.chance_alone, chance))
             if cand.chance > self.cfg.max_chance:
                 continue
             if {x.node for x in cand.arrivals} >= cands.keys():

@@ -35,7 +35,7 @@ class Match:
 @dataclass(frozen=True)
 class SimScore:
     matches: tuple[Match, ...]
-    #: Estimates more than ``MATCH_RADIUS_M`` from every true round.
+    #: Estimates more than ``MATCH_RADIUS_M`` from every true round (or at a non-finite position).
     false_estimates: tuple[int, ...]
     total: int
     located: int

@@ -311,10 +311,11 @@ def test_arrivals_are_picked_where_the_solve_predicts_them_in_the_pooled_wind(wi
 def _burst_and_far_echoes(echo_db, delay_s=1.0, seed=1):
     """A 5-round burst at 10 rounds/s from P, heard by eight nodes on a 1.2 km
     grid at −20 dBFS; and, at the four nodes nearest a point Q in a corner,
-    each round again ``echo_db`` louder (negative: weaker), at least
-    ``delay_s`` after the burst's last round there — beyond the 0.6 s in which
-    trailing sounds are taken for a shot's echoes — timed exactly as from a
-    source at Q (as a far facade's reflections can be). Timing noise 0.2 ms."""
+    each round again ``echo_db`` louder (negative: weaker), timed exactly as
+    from a source at Q (as a far facade's reflections can be): at one of
+    those nodes ``delay_s`` after the burst's last round, at the others
+    later (up to ~4 s; 0.6 s is as far as trailing sounds are taken for a
+    shot's echoes). Timing noise 0.2 ms."""
     rng = np.random.default_rng(seed)
     nodes = np.array([[x, y, 6.0] for x, y in
                       [(0, 0), (600, 0), (1200, 0), (0, 600), (1200, 600), (0, 1200), (600, 1200), (1200, 1200)]])
@@ -367,3 +368,35 @@ def test_a_bursts_far_echoes_repeating_its_rhythm_are_not_a_second_burst(delay_s
     for found in (_associate(arrivals, model_sigma_s=0.0005)[0], _decided_live(arrivals, model_sigma_s=0.0005)):
         assert len(found) == 10
         assert sum(np.linalg.norm(s.solution.pos[:2] - q[:2]) < 5.0 for s in found) == 5
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_long_burst_with_a_louder_first_round_is_decided(live):
+    """Twelve nodes, 20 rounds at 10 rounds/s, the first 6 dB louder than the
+    rest. The later rounds' burst evidence underflows to 0 (a dozen nodes
+    repeating 19 times), and they trail the first round, weaker: the check
+    of whether formed shots explain that evidence divided 0 by 0, and live,
+    the associator raised at every step from then on (no shot ever again).
+    (15 of the 20 rounds are found at once and 16 live, as before the check
+    existed.)"""
+    rng = np.random.default_rng(0)
+    nodes = np.array([[x, y, 6.0] for x in (0, 400, 800, 1200) for y in (0, 400, 800)])
+    src = np.array([610.0, 390.0, 1.5])
+    arrivals, key = [], 0
+    for k in range(20):
+        for i, r in enumerate(nodes):
+            t = 1.0 + 0.1 * k + np.linalg.norm(r - src) / C + rng.normal(0, 2e-4)
+            arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=-14.0 if k == 0 else -20.0))
+            key += 1
+    # and a shot a minute later
+    later = np.array([300.0, 700.0, 1.5])
+    for i, r in enumerate(nodes):
+        t = 60.0 + np.linalg.norm(r - later) / C + rng.normal(0, 2e-4)
+        arrivals.append(Arrival(key, f"n{i}", REF + int(t * 1e9), 2e-5, r, peak_dbfs=-20.0))
+        key += 1
+    arrivals.sort(key=lambda a: a.t_ns)
+    found = (_decided_live(arrivals, model_sigma_s=0.0005) if live
+             else _associate(arrivals, model_sigma_s=0.0005)[0])
+    burst = [s for s in found if np.linalg.norm(s.solution.pos[:2] - src[:2]) < 5.0]
+    assert len(burst) >= 15 and len(found) == len(burst) + 1
+    assert np.linalg.norm(found[-1].solution.pos[:2] - later[:2]) < 5.0
