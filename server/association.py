@@ -769,7 +769,7 @@ class Associator:
             best = self._priced(best, cands, searches[1])
         elif not priced:
             best = self._priced(best, cands)
-        if best.chance > self.cfg.max_chance:
+        if not best.chance <= self.cfg.max_chance:        # (NaN: not a shot)
             if best.chance <= self.cfg.review_max_chance:
                 self._weak.add(seed.key)
             return None
@@ -1358,7 +1358,7 @@ class Associator:
             # the search from a formed shot's position is evidence of its own
             chance = self._repeat_chance(cand, cands, shot, tried)
             cand = replace(cand, chance=min(cand.chance, chance), chance_alone=min(cand.chance_alone, chance))
-            if cand.chance > self.cfg.max_chance:
+            if not cand.chance <= self.cfg.max_chance:
                 continue
             if {x.node for x in cand.arrivals} >= cands.keys():
                 found |= {x.key for x in cand.arrivals}

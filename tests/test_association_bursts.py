@@ -400,3 +400,12 @@ def test_a_long_burst_with_a_louder_first_round_is_decided(live):
     burst = [s for s in found if np.linalg.norm(s.solution.pos[:2] - src[:2]) < 5.0]
     assert len(burst) >= 15 and len(found) == len(burst) + 1
     assert np.linalg.norm(found[-1].solution.pos[:2] - later[:2]) < 5.0
+
+
+def test_a_chance_that_is_not_a_number_is_not_a_shot(monkeypatch):
+    """Every threshold compares ``chance > max_chance``, which a NaN (a count
+    of 0 × inf) passes: the association must refuse it, not form it."""
+    _, arrivals = _four_node_rounds([1.0, 1.45, 2.2])
+    assert len(_associate(arrivals, model_sigma_s=0.0005)[0]) == 3
+    monkeypatch.setattr(Associator, "_chance_count", lambda self, cand, cands: math.nan)
+    assert _associate(arrivals, model_sigma_s=0.0005)[0] == []
