@@ -600,17 +600,18 @@ class Associator:
                     self._seed_t_max = max(self._seed_t_max, seed.t_ns)
                     if cand is not None and not self._is_echo(cand):
                         covered |= {a.key for a in cand.arrivals}
-            # An arrival whose own search found nothing may still belong to a shot
-            # found from another seed; only when no ready seed yields a shot are
-            # the ready arrivals left over put aside (echoes, local sounds, …).
-            # a seed searched before the shots formed since may have passed on a
-            # burst's repeats that those shots now explain as their echoes'
-            # (decided at once, every seed is searched before any shot forms)
+            # A seed searched before the shots formed since may have passed on a
+            # burst's repeats that those shots now explain as their echoes':
+            # searched again (decided at once, every seed is searched before any
+            # shot forms).
             stale = [k for k, v in cache.items() if v is not None and self._repeats_explained(v)]
             if stale:
                 for key in stale:
                     del cache[key]
                 continue
+            # An arrival whose own search found nothing may still belong to a shot
+            # found from another seed; only when no ready seed yields a shot are
+            # the ready arrivals left over put aside (echoes, local sounds, …).
             cands = [cache[a.key] for a in ready if cache.get(a.key) is not None]
             cands = [c for c in cands if not self._is_echo(c) and not self._echo_lineup(c)]
             cands = [c for c in cands if not self._thin_and_late(c)]
@@ -924,9 +925,10 @@ class Associator:
 
     def _priced(self, cand: Association, *pools: dict[str, list[Arrival]]) -> Association:
         """``cand`` with its ``chance``: the expected number of chance alignments
-        as good as ``cand`` among the arrivals around its seed (each of ``pools``: per other node, the arrivals
-        it could be made of; the smallest count of them is taken), if none of
-        them came from a common source.
+        as good as ``cand`` among the arrivals around its seed (each of
+        ``pools``: per other node, the arrivals it could be made of; the
+        smallest count of them is taken), if none of them came from a common
+        source.
 
         The seed and ``u − 1`` arrivals at other nodes (u unknowns: x, y, t0, and
         c when the temperature is unknown) always fit some source; each further
@@ -1007,10 +1009,9 @@ class Associator:
         for x in others:
             n = int(np.count_nonzero(np.abs(arr[x.node] - x.t_ns) <= window_ns))
             rates.append(n / (2.0 * REPEAT_WINDOW_S))
-        shadow = self._formed_echo_delays(cand)
-        k = sum(1 for d in deltas
-                if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others)
-                and not (shadow is not None and self._echoes_repeat(shadow, d, tol_ns)))
+        matched = [d for d in deltas if all(np.any(np.abs(arr[x.node] - (x.t_ns + d)) <= tol_ns) for x in others)]
+        shadow = self._formed_echo_delays(cand) if matched else None
+        k = sum(1 for d in matched if not (shadow is not None and self._echoes_repeat(shadow, d, tol_ns)))
         if k == 0:
             return 1.0
         q = float(np.prod([min(1.0, 2.0 * tol_ns * 1e-9 * r) for r in rates]))
