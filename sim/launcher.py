@@ -34,7 +34,7 @@ from server.net import IngestServer
 from server.store import Store
 from sim.adapters import SimAudioSource
 from sim.render import NodeRenderer
-from sim.report import SimScore, alert_latencies_s, report_json, score, to_local
+from sim.report import MATCH_WINDOW_S, SimScore, alert_latencies_s, report_json, score, to_local
 from sim.world import Scenario, Town, clock_offsets_ns, make_scenario, make_town
 
 log = logging.getLogger("earwitness.sim")
@@ -42,6 +42,9 @@ log = logging.getLogger("earwitness.sim")
 SAMPLE_RATE = 48_000
 #: The timing uncertainty a GPS-disciplined node reports (1 σ).
 NODE_TIMING_SIGMA_NS = 20_000.0
+#: A false or extra shot this close (m) to a simulated firework's crackle, and
+#: within MATCH_WINDOW_S of it, was that crackle (SimResult.other_impulse).
+OTHER_IMPULSE_M = 25.0
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,15 @@ class SimResult:
     latency_s: tuple[float, ...] = ()
 
     def report(self) -> dict:
+        """The ``--report`` document (sim.report.report_json); a false or extra
+        shot that was a simulated firework's crackle says so (``"source"``)."""
         truth = [{"lat": t.lat, "lon": t.lon, "t_ns": t.t_emit_utc_ns, "incident": t.incident_id,
                   "round": t.round_index + 1} for t in self.gunshots]
         doc = report_json(truth, [r.to_json() for r in self.reports], self.score)
+        for key, idx in (("false", self.score.false_estimates), ("extra", self.score.extra_estimates)):
+            for entry, j in zip(doc[key], idx):
+                if (src := self.other_impulse(j)) is not None:
+                    entry["source"] = src
         doc["summary"]["wall_s"] = round(self.wall_s, 2)
         doc["candidates"] = [c.to_json() for c in self.candidates]
         if self.latency_s:
@@ -90,6 +99,26 @@ class SimResult:
     @property
     def gunshots(self):
         return [t for t in self.scenario.truth if t.kind == "gunshot"]
+
+    def other_impulse(self, j: int) -> str | None:
+        """The incident id of the simulated impulse other than gunfire (a
+        firework's crackle) that located shot ``j`` is — emitted within
+        ``MATCH_WINDOW_S`` of its time and within ``OTHER_IMPULSE_M`` of its
+        position — or None. Earwitness locates impulses; it does not tell a
+        firework from a gunshot (a person reviewing the shot can)."""
+        rep = self.reports[j]
+        others = [t for t in self.scenario.truth if t.kind != "gunshot"]
+        if not others:
+            return None
+        xy = to_local(self.town.frame, [t.lat for t in others], [t.lon for t in others])
+        e = to_local(self.town.frame, [rep.lat], [rep.lon])[0]
+        best = None
+        for t, p in zip(others, xy):
+            d = float(np.hypot(*(p - e)))
+            if abs(t.t_emit_utc_ns - rep.t_utc_ns) <= MATCH_WINDOW_S * 1e9 and d <= OTHER_IMPULSE_M:
+                if best is None or d < best[0]:
+                    best = (d, t.incident_id)
+        return None if best is None else best[1]
 
 
 def build_world(opts: SimOptions) -> tuple[Town, Scenario]:
@@ -214,11 +243,13 @@ def plot_result(res: SimResult, path: str | Path) -> Path:
 
 def format_summary(res: SimResult) -> str:
     s = res.score
+    fw = sum(1 for j in s.false_estimates + s.extra_estimates if res.other_impulse(j) is not None)
     med = "n/a" if s.median_error_m is None else f"{s.median_error_m:.2f} m"
     p95 = "n/a" if s.p95_error_m is None else f"{s.p95_error_m:.2f} m"
     return (f"{s.located}/{s.total} rounds located ({100 * s.located / max(s.total, 1):.0f} %), "
-            f"median error {med}, p95 {p95}, {s.false_shots} false shots, {s.extra_shots} extra; "
-            f"{res.server_counters.get('events', 0)} events from {res.town.n_nodes} nodes, "
+            f"median error {med}, p95 {p95}, {s.false_shots} false shots, {s.extra_shots} extra"
+            + (f" ({fw} of these a firework's crackles: impulses are located, not classified)" if fw else "")
+            + f"; {res.server_counters.get('events', 0)} events from {res.town.n_nodes} nodes, "
             f"{res.server_counters.get('unassociated', 0)} not part of a shot"
             + (f", {n} candidate(s) for review" if (n := res.server_counters.get('candidates', 0)) else "")
             + (f"; alert latency (shot fired → published) p50 {np.median(res.latency_s):.1f} s, "

@@ -63,10 +63,10 @@ def main(argv: list[str]) -> int:
             t = row["truth"]
             est = "MISSED" if row["estimate"] is None else f"error {row['error_m']:.2f} m"
             print(f"  {t['time_utc'][:23]}  {t['incident']} round {t['round']}  {t['lat']:.6f}, {t['lon']:.6f}  {est}")
-        for f in doc["false"]:
-            print(f"  FALSE SHOT at {f['lat']:.6f}, {f['lon']:.6f} {f['time_utc']}")
-        for f in doc["extra"]:
-            print(f"  EXTRA SHOT (near a round, matched to none) at {f['lat']:.6f}, {f['lon']:.6f} {f['time_utc']}")
+        for key, what in (("false", "FALSE SHOT"), ("extra", "EXTRA SHOT (near a round, matched to none)")):
+            for f in doc[key]:
+                src = f" — {f['source']}'s crackle, not gunfire" if "source" in f else ""
+                print(f"  {what} at {f['lat']:.6f}, {f['lon']:.6f} {f['time_utc']}{src}")
     print(format_summary(res), file=sys.stderr if args.json else sys.stdout)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

@@ -89,3 +89,40 @@ def test_an_estimate_at_a_non_finite_position_is_a_false_shot():
     truth_xy = np.array([[0.0, 0.0]])
     sc = score(truth_t, truth_xy, np.array([T0, T0]), np.array([[1.0, 0.0], [np.nan, 0.0]]))
     assert (sc.located, sc.false_estimates, sc.extra_shots) == (1, (1,), 0)
+
+
+def test_a_located_firework_crackle_is_named_as_such():
+    """``earwitness sim --fireworks``: the server locates a firework's crackles
+    as it does gunfire (it does not classify impulses). A false or extra shot
+    that was one says so in the listing, the report and the summary."""
+    from types import SimpleNamespace
+
+    from server.reports import ShotReport
+    from sim.launcher import SimResult, format_summary
+    from sim.world import TruthShot, make_town
+
+    town = make_town(4, 600.0, seed=1)
+    frame = town.frame
+
+    def truth(kind, inc, t_ns, x, y):
+        lat, lon, _ = frame.to_wgs84(np.array([[x, y, 0.0]]))
+        return TruthShot(f"{inc}.0", inc, 0, t_ns, (x, y, 0.0), float(lat[0]), float(lon[0]), kind)
+
+    gun = truth("gunshot", "shot-01", T0, 0.0, 0.0)
+    fw = truth("fireworks", "fireworks-01", T0 + 5_000_000_000, 400.0, 0.0)
+
+    def located(t_ns, x, y):
+        lat, lon, _ = frame.to_wgs84(np.array([[x, y, 0.0]]))
+        return ShotReport(t_ns, float(lat[0]), float(lon[0]), 0.0, 2.0, 0.1, ("a", "b", "c", "d"), None, 1, 1)
+
+    reports = (located(T0 + 1_000_000, 0.5, 0.0),                 # the gunshot
+               located(T0 + 5_001_000_000, 402.0, 1.0),           # the firework's crackle
+               located(T0 + 9_000_000_000, -300.0, 250.0))        # nothing there
+    sc = score(np.array([gun.t_emit_utc_ns]), np.array([[0.0, 0.0]]),
+               np.array([r.t_utc_ns for r in reports]), np.array([[0.5, 0.0], [402.0, 1.0], [-300.0, 250.0]]))
+    res = SimResult(town, SimpleNamespace(truth=(gun, fw)), reports, sc, 1.0, {})
+    assert sc.false_estimates == (1, 2)
+    assert [res.other_impulse(j) for j in range(3)] == [None, "fireworks-01", None]
+    doc = res.report()
+    assert [f.get("source") for f in doc["false"]] == ["fireworks-01", None]
+    assert "2 false shots, 0 extra (1 of these a firework's crackles" in format_summary(res)
