@@ -1025,18 +1025,24 @@ class Associator:
         there. None when some arrival has no such sound before it, or its level
         (or theirs) is unknown — then nothing says it is an echo."""
         span = self.max_travel_ns()
-        formed: dict[str, list[tuple[int, float]]] = {}
-        for shot in self._recent:
-            for y in shot.arrivals:
-                formed.setdefault(y.node, []).append((y.t_ns, y.peak_dbfs))
+        formed = self._formed_by_node()
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for x in cand.arrivals:
             heard = formed.get(x.node, ())
-            trailed = [t for t, lv in heard
+            trailed = [t for t, lv, _ in heard
                        if 0 < x.t_ns - t <= span and x.peak_dbfs <= lv - PRECEDE_DB]   # False with NaN
             if not trailed:
                 return None
-            out[x.node] = (np.array(trailed, dtype=np.int64), np.array([t for t, _ in heard], dtype=np.int64))
+            out[x.node] = (np.array(trailed, dtype=np.int64), np.array([t for t, _, _ in heard], dtype=np.int64))
+        return out
+
+    def _formed_by_node(self) -> dict[str, list[tuple[int, float, Association]]]:
+        """Per node, the arrivals of the recent formed shots there: (time ns,
+        peak dBFS, the shot)."""
+        out: dict[str, list[tuple[int, float, Association]]] = {}
+        for shot in self._recent:
+            for x in shot.arrivals:
+                out.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs, shot))
         return out
 
     @staticmethod
@@ -1106,10 +1112,7 @@ class Associator:
         burst is as loud and reaches every node the same delay later, and stays
         a sound that later line-ups at its node come after."""
         window = ECHO_WINDOW_S * 1e9
-        trail: dict[str, list[tuple[int, float, Association]]] = {}
-        for shot in self._recent:
-            for x in shot.arrivals:
-                trail.setdefault(x.node, []).append((x.t_ns, x.peak_dbfs, shot))
+        trail = self._formed_by_node()
         heard = self._heard_times(self._heard) if trail else {}
         idx: dict[str, list[tuple[int, float]]] = {}
         for x in self._pending:
