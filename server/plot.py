@@ -24,10 +24,13 @@ class MapShot:
 def draw_map(path: str | Path, nodes_xy: np.ndarray, node_ids: Sequence[str], shots: Sequence[MapShot], *,
              truth_xy: np.ndarray | None = None, walls: Sequence[tuple[tuple[float, float], tuple[float, float]]] = (),
              title: str = "", links: Sequence[tuple[int, int]] = (),
-             candidates: Sequence[MapShot] = ()) -> Path:
+             candidates: Sequence[MapShot] = (), analysed: Sequence[bool] | None = None) -> Path:
     """Write a PNG map. ``nodes_xy``: (n, 2) m; ``truth_xy``: (k, 2) m;
     ``links``: (shot index, truth index) pairs drawn as thin lines (errors);
-    ``candidates``: candidates for review (not shots), drawn grey and dashed."""
+    ``candidates``: candidates for review (not shots), drawn grey and dashed;
+    ``analysed``: per node, whether it gave anything to locate with (None: all
+    did); the others are drawn hollow and grey (a set's nodes without audio in
+    audio mode, say)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,9 +40,16 @@ def draw_map(path: str | Path, nodes_xy: np.ndarray, node_ids: Sequence[str], sh
     fig, ax = plt.subplots(figsize=(9, 9), dpi=110)
     for (x0, y0), (x1, y1) in walls:
         ax.plot([x0, x1], [y0, y1], color="0.75", lw=2.5, solid_capstyle="butt", zorder=1)
-    ax.scatter(nodes_xy[:, 0], nodes_xy[:, 1], marker="^", s=90, c="black", zorder=4, label="nodes")
-    for (x, y), nid in zip(nodes_xy, node_ids):
-        ax.annotate(nid, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
+    used = np.ones(len(nodes_xy), dtype=bool) if analysed is None else np.asarray(analysed, dtype=bool)
+    if used.shape != (len(nodes_xy),):
+        raise ValueError(f"analysed: {used.size} flags for {len(nodes_xy)} nodes")
+    ax.scatter(nodes_xy[used, 0], nodes_xy[used, 1], marker="^", s=90, c="black", zorder=4, label="nodes")
+    if not used.all():
+        ax.scatter(nodes_xy[~used, 0], nodes_xy[~used, 1], marker="^", s=90, facecolors="none",
+                   edgecolors="0.55", zorder=4, label="nodes not analysed")
+    for (x, y), nid, u in zip(nodes_xy, node_ids, used):
+        ax.annotate(nid, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8,
+                    color="black" if u else "0.55")
     if truth_xy is not None and len(truth_xy):
         ax.scatter(truth_xy[:, 0], truth_xy[:, 1], marker="x", s=80, c="red", lw=2, zorder=5, label="true position")
     incidents = sorted({s.incident for s in shots})
