@@ -551,6 +551,12 @@ class Associator:
         """How many recent shots :attr:`learnt_model_sigma_s` is the median of."""
         return len(self._model_sigmas)
 
+    @property
+    def teaching_arrivals(self) -> int:
+        """The fewest arrivals a formed shot needs to teach :attr:`net_scale` and
+        :attr:`learnt_model_sigma_s`: ``SCALE_MIN_DOF`` more than its unknowns."""
+        return self._n_params() + SCALE_MIN_DOF
+
     # ------------------------------------------------------------- decide
     def step(self, watermark_ns: int | None, deadline: float | None = None
              ) -> tuple[list[Association], list[Arrival]]:

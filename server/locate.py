@@ -30,7 +30,7 @@ from node.detector import Detector
 from node.pipeline import onset_to_event
 from node.timebase import FixedTimebase
 from node.wav_source import WavError, read_wav
-from server.association import SCALE_MIN_SHOTS
+from server.association import SCALE_MIN_DOF, SCALE_MIN_SHOTS
 from server.engine import CandidateReport, Engine, ShotReport
 from server.node_timing import NodeOffset
 from server.shotspotter_wavs import set_from_wavs
@@ -130,6 +130,12 @@ class LocateResult:
     #: Nodes that heard the shots steadily early or late (server/node_timing.py):
     #: a clock or a surveyed position to check. The largest offset first.
     nodes_off: tuple[NodeOffset, ...] = ()
+    #: The fewest arrivals a shot needed to teach the timing error
+    #: (Associator.teaching_arrivals), and how many of the set's nodes gave the
+    #: association anything (WAVs in audio mode, picks in picks mode): when that
+    #: is fewer, no shot of the set can teach it.
+    teaching_arrivals: int = 0
+    nodes_analysed: int = 0
 
 
 def locate_set(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = None,
@@ -187,7 +193,7 @@ def locate(rs: RecordingSet, mode: Mode = "auto", *, cfg: ServerConfig | None = 
     return LocateResult(reports, scfg.solver.model_sigma_s, engine.assoc.learnt_model_sigma_s,
                         engine.assoc.learnt_from, tuple(events),
                         tuple(replace(c, candidate_id=k) for k, c in enumerate(engine.take_candidates(), 1)),
-                        tuple(engine.timing.off()))
+                        tuple(engine.timing.off()), engine.assoc.teaching_arrivals, len({e.node_id for e in events}))
 
 
 #: The model timing error (ms, 1 σ) ShotSpotter's Pittsburgh street sensors
@@ -234,9 +240,17 @@ def timing_note(result: LocateResult) -> str | None:
     if got is None:
         street = (f" (ShotSpotter's Pittsburgh street network measured {STREET_MODEL_SIGMA_MS} ms)"
                   if result.model_sigma_s < STREET_MODEL_SIGMA_MS * 1e-3 else "")
+        need = result.teaching_arrivals
+        if 0 < result.nodes_analysed < need:
+            why = (f"that takes shots heard by at least {need} nodes ({SCALE_MIN_DOF} more than a shot's "
+                   f"{need - SCALE_MIN_DOF} unknowns), and only {result.nodes_analysed} of this set's nodes "
+                   f"gave the association anything (onsets in their audio, or picks)")
+        else:
+            heard = f"heard by at least {need} nodes" if need else "with spare arrivals"
+            why = (f"{result.learnt_from} located shot(s) were {heard} to measure it, "
+                   f"{SCALE_MIN_SHOTS} are needed")
         return (f"note: the assumed model timing error ({result.model_sigma_s * 1e3:.1f} ms, 1 σ) could not be "
-                f"checked: {result.learnt_from} located shot(s) had spare arrivals to measure it, "
-                f"{SCALE_MIN_SHOTS} are needed. If shots you expected are missing, the node positions or sound "
+                f"checked: {why}. If shots you expected are missing, the node positions or sound "
                 f"paths may be less exact than that: rerun with a larger --model-sigma-ms{street}.")
     if got <= 2.0 * result.model_sigma_s:
         return None
@@ -384,7 +398,7 @@ def main(argv: list[str]) -> int:
             for c in cands:
                 print(f"{c.candidate_id:>8} {c.chance:>6.2g}  {ns_to_iso(c.t_utc_ns):<26} {c.lat:>11.6f} "
                       f"{c.lon:>12.6f} {c.error_m:>7.1f} {c.residual_ms:>6.2f}  {len(c.nodes)}: {', '.join(c.nodes)}")
-        print(f"{len(reports)} shots located", file=sys.stderr)
+        print(f"{len(reports)} shot{'' if len(reports) == 1 else 's'} located", file=sys.stderr)
     if args.review:
         print(f"{len(cands)} unconfirmed candidate(s) for review", file=sys.stderr)
     elif result.candidates:
@@ -414,8 +428,12 @@ def main(argv: list[str]) -> int:
         truth_xy = None
         if rs.truth:
             truth_xy = np.array([frame.to_enu(t.lat, t.lon, 0.0)[:2] for t in rs.truth])
-        draw_map(args.plot, nodes_xy, [n.id for n in rs.nodes], shots, truth_xy=truth_xy,
-                 title=f"earwitness locate: {len(reports)} shots"
+        # the nodes that gave the association something: WAVs in audio mode, picks in picks mode
+        picked = {a.node for a in rs.arrivals}
+        audio = choose_mode(rs, args.mode) == "audio"
+        analysed = [n.wav is not None if audio else n.id in picked for n in rs.nodes]
+        draw_map(args.plot, nodes_xy, [n.id for n in rs.nodes], shots, truth_xy=truth_xy, analysed=analysed,
+                 title=f"earwitness locate: {len(reports)} shot{'' if len(reports) == 1 else 's'}"
                        + (f", {len(cands)} candidates for review" if cands else ""), candidates=cands)
         print(f"map written to {args.plot}", file=sys.stderr)
     return 0

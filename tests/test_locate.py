@@ -181,9 +181,26 @@ def test_a_network_too_small_to_check_its_timing_is_told_so():
     assert result.learnt_model_sigma_s is None
     note = timing_note(result)
     assert note and "could not be checked" in note and "--model-sigma-ms" in note and "7.0 ms" in note
+    # it says why: no shot of four nodes can have three arrivals beyond x, y, t0 and the height
+    assert result.teaching_arrivals == 7 and result.nodes_analysed == 4
+    assert "at least 7 nodes" in note and "only 4 of this set's nodes" in note
     # at a street network's σ already, the note does not point at that σ again
     note = timing_note(dataclasses.replace(result, model_sigma_s=7e-3))
     assert note and "could not be checked" in note and "Pittsburgh" not in note
+
+
+def test_a_network_that_could_check_its_timing_but_had_too_few_shots_is_told_so():
+    """Eight nodes but one shot: the network could teach its timing error, one
+    shot is too few, and the note says so (not that the network is too small)."""
+    rng = np.random.default_rng(7)
+    c = speed_of_sound(10.0)
+    enu = _nodes_enu(8, seed=3)
+    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                      arrivals=tuple(_picks(enu, [(np.array([30.0, -20.0, 1.5]), 1.0)], c, rng)))
+    result = locate(rs, "picks")
+    assert len(result.reports) == 1 and result.learnt_model_sigma_s is None and result.nodes_analysed == 8
+    note = timing_note(result)
+    assert note and "1 located shot(s) were heard by at least 7 nodes" in note and "3 are needed" in note
 
 
 def test_a_nodes_position_uncertainty_weighs_its_arrivals_and_widens_the_radius():
@@ -345,3 +362,35 @@ def test_locate_says_what_is_wrong_with_a_config(tmp_path, capsys):
     bad.write_text('[detector]\ntrigger_ratio = 5\n')          # a node config needs its id
     assert main([str(path), "--node-config", str(bad)]) == 2
     assert "id" in capsys.readouterr().err
+
+
+def test_the_map_draws_the_nodes_that_gave_nothing_apart(tmp_path):
+    """A set's nodes without audio (audio mode) are drawn hollow and grey, with
+    their own legend entry; a flag list that does not match the nodes is refused."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from server.plot import MapShot, draw_map
+
+    xy = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    shots = [MapShot((20.0, 30.0), 5.0, 1, "1.1")]
+    saved = {}
+    real_close = plt.close
+
+    def keep_legend(fig=None):
+        fig = fig if fig is not None else plt.gcf()
+        saved["labels"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        real_close(fig)
+
+    plt.close = keep_legend
+    try:
+        draw_map(tmp_path / "a.png", xy, ["a", "b", "c"], shots, analysed=[True, False, True])
+        assert "nodes not analysed" in saved["labels"] and (tmp_path / "a.png").stat().st_size > 0
+        draw_map(tmp_path / "b.png", xy, ["a", "b", "c"], shots)
+        assert "nodes not analysed" not in saved["labels"]
+    finally:
+        plt.close = real_close
+    with pytest.raises(ValueError, match="2 flags for 3 nodes"):
+        draw_map(tmp_path / "c.png", xy, ["a", "b", "c"], shots, analysed=[True, False])
