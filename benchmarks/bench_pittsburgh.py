@@ -235,7 +235,7 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestSc
     a person confirming every candidate would report)."""
     from server.locate import locate
 
-    t, mode, workers, cfg, count_picks, live_step_s = args
+    t, mode, workers, cfg, count_picks, live_step_s, detector_cfg = args
     truth = t.recording_set.truth
     blind = dataclasses.replace(t.recording_set, truth=())      # the locator never sees the truth
     if mode == "picks":
@@ -244,7 +244,7 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestSc
     elif mode == "audio":
         blind = dataclasses.replace(blind, nodes=tuple(n for n in blind.nodes if n.wav is not None),
                                     arrivals=())
-    result = locate(blind, mode=mode, workers=workers, cfg=cfg, live_step_s=live_step_s)
+    result = locate(blind, mode=mode, workers=workers, cfg=cfg, detector_cfg=detector_cfg, live_step_s=live_step_s)
     score = score_test(truth, list(result.reports), name=f"{t.firing_position}/{t.name}", group=t.firing_position)
     picked = picked_counts(t, result.events) if count_picks else None
     reviewed = score_test(truth, list(result.reports) + list(result.candidates), name=score.name, group=score.group)
@@ -252,20 +252,22 @@ def _locate_one(args) -> tuple[TestScore, float | None, list[int] | None, TestSc
 
 
 def run_locator(tests: list[ShotSpotterTest], mode: str, jobs: int = 1, cfg=None,
-                count_picks: bool = False, live_step_s: float | None = None
+                count_picks: bool = False, live_step_s: float | None = None, detector_cfg=None
                 ) -> list[tuple[TestScore, float | None, list[int] | None, TestScore]]:
     """Score every test in ``mode``, with the model timing error (s or None) its
     association learnt and, with ``count_picks`` (audio mode, the labels' own
     times), :func:`picked_counts` (else None); ``jobs`` > 1 runs
     tests in parallel processes (each test's own detection then runs in one
     process). ``cfg``: ServerConfig (None: the defaults); ``live_step_s``:
-    decide as a live server would (``server.locate.locate``'s), None: at once."""
+    decide as a live server would (``server.locate.locate``'s), None: at once;
+    ``detector_cfg``: the node detector's settings in audio mode (None: the defaults)."""
     if jobs <= 1:
-        return [_locate_one((t, mode, None, cfg, count_picks, live_step_s)) for t in tests]
+        return [_locate_one((t, mode, None, cfg, count_picks, live_step_s, detector_cfg)) for t in tests]
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_locate_one, [(t, mode, 1, cfg, count_picks, live_step_s) for t in tests],
+        return list(pool.map(_locate_one, [(t, mode, 1, cfg, count_picks, live_step_s, detector_cfg)
+                                           for t in tests],
                              chunksize=1))
 
 
@@ -449,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live-step", type=float, default=None, metavar="S",
                     help="decide as a live server would, the watermark moving every S s of audio "
                          "(default: once every event is in, as earwitness locate)")
+    ap.add_argument("--node-config", type=Path, metavar="FILE.toml",
+                    help="audio mode: detect onsets with this node config's [detector] settings, as "
+                         "`earwitness locate --node-config` (default: the defaults)")
     args = ap.parse_args(argv)
 
     modes = [m for m in args.modes.split(",") if m]
@@ -461,6 +466,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.data.is_dir():
         print(f"error: no data folder {args.data}; pass --data (see ../shared/data/README.md)", file=sys.stderr)
+        return 2
+    from common.config import ConfigError, load_node_config
+
+    detector_cfg = None
+    if args.node_config is not None:
+        try:
+            detector_cfg = load_node_config(args.node_config).detector
+        except (ConfigError, OSError) as exc:
+            print(f"error: --node-config: {exc}", file=sys.stderr)
+            return 2
+    try:
+        from server.locate import replay_config
+
+        replay_config(args.model_sigma_ms, args.max_chance)       # the options' range checks
+    except ImportError:
+        pass                                                     # told per mode below
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     fps = {f for f in args.fp.split(",") if f} or None
     t0 = time.perf_counter()
@@ -492,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             title += " (learnt by the server from the picks-mode shots)"
         if args.live_step is not None:
             title += f", decided as live (watermark steps of {args.live_step:g} s)"
+        if detector_cfg is not None and mode in ("audio", "corrected"):
+            title += f", detector settings of {args.node_config}"
         try:
             import server.locate  # noqa: F401
         except ImportError as e:
@@ -507,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             corr = station_corrections(tests)
             title = title.replace("corrected mode", "audio mode, WAV sensors' biases corrected from the survey")
             results = run_locator([corrected_test(t, corr) for t in tests], "audio", args.jobs, cfg,
-                                  live_step_s=args.live_step)
+                                  live_step_s=args.live_step, detector_cfg=detector_cfg)
         elif mode == "labels":
             title = title.replace("labels mode", "audio mode's ceiling: ShotSpotter's labelled arrivals at the "
                                                  "WAV sensors as picks, nothing else")
@@ -516,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # the ceiling table (below, for the first audio run) counts our picks
             results = run_locator(tests, mode, args.jobs, cfg, count_picks=mode == "audio" and not relearnt,
-                                  live_step_s=args.live_step)
+                                  live_step_s=args.live_step, detector_cfg=detector_cfg)
         summaries = summarize_by_group([score for score, *_ in results], SURVEY_R95_M)
         dt = time.perf_counter() - t1
         print(f"\n== {title}: {dt:.1f} s\n" + format_summaries(summaries))

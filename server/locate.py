@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -302,7 +303,13 @@ def replay_config(model_sigma_ms: float | None = None, max_chance: float | None 
     """The server config a replay starts from: ``base`` (a server's config;
     None: the defaults) in memory, without keys or a list of expected nodes
     (the set says which nodes there are), with the given model timing error
-    (ms) and chance-alignment threshold if any."""
+    (ms) and chance-alignment threshold if any. Raises ConfigError naming the
+    option (``--model-sigma-ms``, ``--max-chance``) for a value out of range."""
+    if model_sigma_ms is not None and not (math.isfinite(model_sigma_ms) and model_sigma_ms >= 0):
+        raise ConfigError(f"--model-sigma-ms {model_sigma_ms}: must be a finite number of ms, >= 0")
+    if max_chance is not None and not (math.isfinite(max_chance) and max_chance > 0):
+        raise ConfigError(f"--max-chance {max_chance}: must be a finite number > 0 (to turn the threshold "
+                          "off, give a large one, e.g. 1e9)")
     cfg = replace(base or ServerConfig(), database=":memory:", allow_plaintext=True, keys_dir=None,
                   expected_nodes=())
     if model_sigma_ms is not None:
@@ -314,10 +321,6 @@ def replay_config(model_sigma_ms: float | None = None, max_chance: float | None 
 
 def cli_server_config(args: argparse.Namespace) -> ServerConfig:
     """The server config from the command line's options (defaults otherwise)."""
-    if args.model_sigma_ms is not None and not args.model_sigma_ms >= 0:
-        raise RecordingSetError(f"--model-sigma-ms {args.model_sigma_ms}: must be >= 0 ms")
-    if args.max_chance is not None and not args.max_chance > 0:
-        raise RecordingSetError(f"--max-chance {args.max_chance}: must be > 0")
     base = load_server_config(args.server_config) if args.server_config else None
     return replay_config(args.model_sigma_ms, args.max_chance, base)
 

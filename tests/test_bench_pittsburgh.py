@@ -79,3 +79,30 @@ def test_labelled_test_keeps_the_wav_sensors_and_their_labelled_arrivals_only():
     for shot, ls in zip(t.shots, lrs.truth):
         assert sorted(by_id[i].node for i in ls.arrival_ids) == sorted(n for n in shot.node_ids if n in wav)
     assert {i for s in lrs.truth for i in s.arrival_ids} == set(by_id)
+
+
+def test_the_benchmark_detects_with_a_node_configs_detector_settings(tmp_path, capsys):
+    """``--node-config``: audio mode detects with that file's [detector]
+    settings (here a trigger no gunshot reaches: nothing is located where the
+    defaults locate the rounds); a broken file is an error naming the key."""
+    from benchmarks.bench_pittsburgh import main
+
+    deaf = tmp_path / "deaf.toml"
+    deaf.write_text('[node]\nid = "bench"\n\n[detector]\ntrigger_ratio = 1e9\nrelease_ratio = 3.0\n')
+    argv = ["--data", str(shared_data("pittsburgh")), "--fp", "FP6", "--modes", "audio", "--model-sigma-ms", "7",
+            "--jobs", "1"]
+
+    def located(out: str) -> int:      # the "all" row of the first table: group tests fired located ...
+        return int([line for line in out.splitlines() if line.strip().startswith("all ")][0].split()[3])
+
+    assert main(argv) == 0
+    assert located(capsys.readouterr().out) > 0
+    assert main(argv + ["--node-config", str(deaf)]) == 0
+    out = capsys.readouterr().out
+    assert f"detector settings of {deaf}" in out and located(out) == 0
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[node]\nid = "bench"\n\n[detector]\ntrigger_ratio = "high"\n')
+    assert main(argv + ["--node-config", str(broken)]) == 2
+    assert "detector.trigger_ratio" in capsys.readouterr().err
+    assert main(argv + ["--max-chance", "inf"]) == 2
+    assert "--max-chance inf: must be a finite number > 0" in capsys.readouterr().err

@@ -167,6 +167,14 @@ def test_locate_command_prints_json_lines_and_the_timing_note(tmp_path, capsys):
     assert len(out.splitlines()) == 5 and "--model-sigma-ms" not in err
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "earwitness locate:" in capsys.readouterr().err
+    # out-of-range options are told by their own names, not the config field's
+    for opt, value, says in (("--max-chance", "inf", "must be a finite number > 0"),
+                             ("--max-chance", "0", "must be a finite number > 0"),
+                             ("--model-sigma-ms", "nan", "must be a finite number of ms, >= 0"),
+                             ("--model-sigma-ms", "-1", "must be a finite number of ms, >= 0")):
+        assert main([str(tmp_path / "set"), opt, value]) == 2
+        err = capsys.readouterr().err
+        assert f"earwitness locate: {opt} {float(value)}: {says}" in err and "Config." not in err
 
 
 def test_a_network_too_small_to_check_its_timing_is_told_so():
