@@ -40,6 +40,14 @@ def _picks(enu: np.ndarray, sources: list[tuple[np.ndarray, float]], c: float, r
     return out
 
 
+def _one_shot_set(n_nodes: int, node_seed: int, rng_seed: int) -> RecordingSet:
+    """``n_nodes`` nodes' picks (0.1 ms noise) of one shot at (30, -20, 1.5) m, at 10 °C."""
+    rng = np.random.default_rng(rng_seed)
+    enu = _nodes_enu(n_nodes, seed=node_seed)
+    return RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
+                        arrivals=tuple(_picks(enu, [(np.array([30.0, -20.0, 1.5]), 1.0)], speed_of_sound(10.0), rng)))
+
+
 def test_pick_events_drops_a_pulse_reported_twice():
     enu = _nodes_enu(4)
     rs = RecordingSet(path=None, temperature_c=15.0, nodes=tuple(_set_nodes(enu)),
@@ -180,12 +188,7 @@ def test_locate_command_prints_json_lines_and_the_timing_note(tmp_path, capsys):
 def test_a_network_too_small_to_check_its_timing_is_told_so():
     """Four nodes, one shot: no spare arrivals to measure the network's timing
     error with, so the note says the assumption could not be checked."""
-    rng = np.random.default_rng(6)
-    c = speed_of_sound(10.0)
-    enu = _nodes_enu(4, seed=2)
-    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
-                      arrivals=tuple(_picks(enu, [(np.array([30.0, -20.0, 1.5]), 1.0)], c, rng)))
-    result = locate(rs, "picks")
+    result = locate(_one_shot_set(4, node_seed=2, rng_seed=6), "picks")
     assert result.learnt_model_sigma_s is None
     note = timing_note(result)
     assert note and "could not be checked" in note and "--model-sigma-ms" in note and "7.0 ms" in note
@@ -200,12 +203,7 @@ def test_a_network_too_small_to_check_its_timing_is_told_so():
 def test_a_network_that_could_check_its_timing_but_had_too_few_shots_is_told_so():
     """Eight nodes but one shot: the network could teach its timing error, one
     shot is too few, and the note says so (not that the network is too small)."""
-    rng = np.random.default_rng(7)
-    c = speed_of_sound(10.0)
-    enu = _nodes_enu(8, seed=3)
-    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
-                      arrivals=tuple(_picks(enu, [(np.array([30.0, -20.0, 1.5]), 1.0)], c, rng)))
-    result = locate(rs, "picks")
+    result = locate(_one_shot_set(8, node_seed=3, rng_seed=7), "picks")
     assert len(result.reports) == 1 and result.learnt_model_sigma_s is None and result.nodes_analysed == 8
     note = timing_note(result)
     assert note and "1 located shot(s) were heard by at least 7 nodes" in note and "3 are needed" in note
@@ -240,13 +238,8 @@ def test_locate_lists_candidates_for_review_on_request(tmp_path, capsys):
     "candidate" line), and without it stderr says there is one to see."""
     import json
 
-    rng = np.random.default_rng(6)
-    c = speed_of_sound(10.0)
-    enu = _nodes_enu(4, seed=2)
-    src = np.array([30.0, -20.0, 1.5])
-    rs = RecordingSet(path=None, temperature_c=10.0, nodes=tuple(_set_nodes(enu)),
-                      arrivals=tuple(_picks(enu, [(src, 1.0)], c, rng)))
-    write_set(tmp_path / "set", rs)
+    src = np.array([30.0, -20.0, 1.5])                  # where _one_shot_set's shot is
+    write_set(tmp_path / "set", _one_shot_set(4, node_seed=2, rng_seed=6))
     assert main([str(tmp_path / "set"), "--json"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "1 unconfirmed candidate(s) for review: see them with --review" in err
