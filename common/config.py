@@ -444,6 +444,12 @@ class SolverConfig(_Checked):
     #: network's recent shots sharpen that prior (the wind is the same for all).
     fit_wind_min_nodes: int = 8
     wind_sigma_mps: float = 4.0
+    #: A shot's wind estimate counts for the shots within this long of it (s;
+    #: 0: for ever). The wind at street level changes within the hour, and a
+    #: network's shots can be days apart: an old estimate taken as the known
+    #: wind would move the next shots, so it lapses and they start from still
+    #: air (± ``unfitted_wind_mps``) again.
+    wind_max_age_s: float = 1800.0
     #: A shot located without fitting the wind (too few arrivals, and no
     #: network wind learnt yet) assumes still air; its reported radius includes
     #: the error an unknown wind of this 1-σ (m/s, per component) causes — about
@@ -460,6 +466,7 @@ class SolverConfig(_Checked):
         _need(self, "temperature_sigma_c", gt=0, note=" °C")
         _need(self, "unknown_temperature_sigma_c", gt=0, note=" °C")
         _need(self, "wind_sigma_mps", gt=0, note=" m/s")
+        _need(self, "wind_max_age_s", ge=0, note=" s (0: for ever)")
         _need(self, "unfitted_wind_mps", ge=0, note=" m/s (0: leave it out)")
 
 

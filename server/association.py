@@ -258,17 +258,30 @@ def height_prior(node_z: np.ndarray, z0: float, z_sigma: float) -> tuple[float, 
     return (float(z0), float(math.hypot(z_sigma, relief)))
 
 
+def _time_or_none(x: object) -> int | None:
+    """A kept wind estimate's time: an integer (UTC ns) or None. Raises
+    ValueError for anything else."""
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ValueError(f"a wind estimate's time is not an integer of ns: {x!r}")
+    return int(x)
+
+
 class Associator:
     """Streaming associator. ``add`` arrivals, ``step(watermark_ns)`` to decide."""
 
     def __init__(self, cfg: AssociationConfig, c_mps: float | tuple[float, ...], z_source: float | None,
-                 model_sigma_s: float = 0.0002, z_sigma: float | None = None) -> None:
+                 model_sigma_s: float = 0.0002, z_sigma: float | None = None,
+                 wind_max_age_s: float = 0.0) -> None:
         """``c_mps``: the speed of sound, or several candidates when the air
         temperature is unknown (the search covers their range, and the solver fits
         c with a prior spanning it). ``z_source``: expected source height (m ENU);
         ``z_sigma``: None to hold it fixed (2-D), else the width (m) of a prior
         around it (3-D with a prior; widened by the spread of the nodes' own
-        heights: hilly ground); ``z_source=None``: unconstrained 3-D."""
+        heights: hilly ground); ``z_source=None``: unconstrained 3-D.
+        ``wind_max_age_s``: a shot's wind estimate counts for the searches
+        within this long of it (0: for ever; see :meth:`wind_at`)."""
         self.cfg = cfg
         self.c_candidates = tuple(sorted(float(c) for c in np.atleast_1d(c_mps)))
         self.c = min(self.c_candidates)       # for the longest possible travel time
@@ -323,7 +336,13 @@ class Associator:
         #: (see :meth:`note_wind`); (0, 0) and None until a shot has told.
         self.wind_mps: tuple[float, float] = (0.0, 0.0)
         self.wind_sigma_mps: float | None = None
-        self._winds: list[tuple[np.ndarray, np.ndarray]] = []   # (information · wind, data information)
+        #: (information · wind, data information, the shot's time in UTC ns or
+        #: None when not known: an estimate restored from before times were kept)
+        self._winds: list[tuple[np.ndarray, np.ndarray, int | None]] = []
+        self._wind_prior_sigma = 1.0
+        self.wind_max_age_ns = int(round(wind_max_age_s * 1e9))
+        #: which of ``_winds`` the current wind_mps pools (see wind_at)
+        self._wind_in_use: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------- inputs
     def add(self, arrival: Arrival, seed: bool = True) -> None:
@@ -414,6 +433,8 @@ class Associator:
         self.net_scale, self.wind_mps, self.wind_sigma_mps, self.z_source = learnt
         self._scales, self._model_sigmas = list(other._scales), list(other._model_sigmas)
         self._winds = list(other._winds)
+        self._wind_prior_sigma, self._wind_in_use = other._wind_prior_sigma, other._wind_in_use
+        self.wind_max_age_ns = other.wind_max_age_ns
 
     def max_travel_ns(self) -> int:
         """Longest time one shot's arrivals can be spread over: every node that
@@ -466,11 +487,13 @@ class Associator:
         z = np.array([p[2] for p in self._nodes.values()]) if self._nodes else np.zeros(1)
         return height_prior(z, self.z_source, self.z_sigma)
 
-    def note_wind(self, wind_mps: tuple[float, float], cov: np.ndarray, prior_sigma_mps: float) -> None:
+    def note_wind(self, wind_mps: tuple[float, float], cov: np.ndarray, prior_sigma_mps: float,
+                  t_ns: int | None = None) -> None:
         """Pool one shot's wind estimate (east, north m/s; covariance (2, 2), from a
-        fit with the prior 0 ± ``prior_sigma_mps``) with the last ``WIND_POOL``
-        ones: the prior is taken out of each and put back once, and the data are
-        combined inverse-variance weighted."""
+        fit with the prior 0 ± ``prior_sigma_mps``; the shot's time ``t_ns``, UTC
+        ns) with the last ``WIND_POOL`` ones: the prior is taken out of each and
+        put back once, and the data are combined inverse-variance weighted. The
+        pool is then the one at ``t_ns`` (:meth:`wind_at`)."""
         cov = np.asarray(cov, dtype=float)
         if cov.shape != (2, 2) or not np.all(np.isfinite(cov)) or np.linalg.det(cov) <= 0:
             return
@@ -480,16 +503,31 @@ class Associator:
         data_info = info - prior_info
         lam, vec = np.linalg.eigh(data_info)
         data_info = (vec * np.maximum(lam, 0.0)) @ vec.T
-        self._winds = (self._winds + [(info @ w, data_info)])[-WIND_POOL:]
-        self._pool_winds(prior_sigma_mps)
+        self._winds = (self._winds + [(info @ w, data_info, None if t_ns is None else int(t_ns))])[-WIND_POOL:]
+        self._wind_prior_sigma = float(prior_sigma_mps)
+        self._wind_in_use = None
+        self.wind_at(t_ns)
 
-    def _pool_winds(self, prior_sigma_mps: float) -> None:
-        if not self._winds:
+    def wind_at(self, t_ns: int | None) -> None:
+        """Make :attr:`wind_mps` and :attr:`wind_sigma_mps` the pool of the wind
+        estimates that count at ``t_ns`` (UTC ns): those of shots within
+        ``wind_max_age_s`` of it (all of them when that is 0 or ``t_ns`` is
+        None; an estimate of unknown time only then). With none, still air and
+        None. Searches and final solutions call it with their shot's time, so a
+        network whose last shots were hours ago starts from still air, not from
+        a wind that has long changed."""
+        age = self.wind_max_age_ns
+        use = tuple(k for k, (_, _, t) in enumerate(self._winds)
+                    if age <= 0 or t_ns is None or (t is not None and abs(int(t_ns) - t) <= age))
+        if use == self._wind_in_use:
+            return
+        self._wind_in_use = use
+        if not use:
             self.wind_mps, self.wind_sigma_mps = (0.0, 0.0), None
             return
-        total = np.eye(2) / prior_sigma_mps**2 + sum(i for _, i in self._winds)
+        total = np.eye(2) / self._wind_prior_sigma**2 + sum(self._winds[k][1] for k in use)
         pooled_cov = np.linalg.inv(total)
-        mean = pooled_cov @ sum(v for v, _ in self._winds)
+        mean = pooled_cov @ sum(self._winds[k][0] for k in use)
         self.wind_mps = (float(mean[0]), float(mean[1]))
         self.wind_sigma_mps = float(np.sqrt(max(np.linalg.eigvalsh(pooled_cov).max(), 0.0)))
 
@@ -500,25 +538,33 @@ class Associator:
         :attr:`wind_mps`), as plain JSON values: the engine keeps it in its store
         so that a restart carries it on (:meth:`restore_learnt`)."""
         return {"scales": list(self._scales), "model_sigmas": list(self._model_sigmas),
-                "winds": [[v.tolist(), i.tolist()] for v, i in self._winds]}
+                "winds": [[v.tolist(), i.tolist(), t] for v, i, t in self._winds]}
 
     def restore_learnt(self, state: object, wind_prior_sigma_mps: float) -> None:
         """Take back what :meth:`learnt` gave. Raises ValueError (and changes
-        nothing) when ``state`` is not such a value."""
+        nothing) when ``state`` is not such a value. A wind estimate kept
+        without its shot's time (a store written before times were kept) is of
+        unknown age: it counts only where estimates never lapse."""
         try:
             scales = [float(x) for x in state["scales"]][-SCALE_POOL:]            # type: ignore[index]
             sigmas = [float(x) for x in state["model_sigmas"]][-SCALE_POOL:]      # type: ignore[index]
-            winds = [(np.array(v, dtype=float).reshape(2), np.array(i, dtype=float).reshape(2, 2))
-                     for v, i in state["winds"]][-WIND_POOL:]                     # type: ignore[index]
+            winds = [(np.array(w[0], dtype=float).reshape(2), np.array(w[1], dtype=float).reshape(2, 2),
+                      _time_or_none(w[2] if len(w) > 2 else None))
+                     for w in state["winds"] if len(w) in (2, 3)][-WIND_POOL:]    # type: ignore[index]
+            if any(len(w) not in (2, 3) for w in state["winds"]):                 # type: ignore[index]
+                raise ValueError("a wind estimate is not [wind, information] or [wind, information, time]")
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"not a learnt network state ({type(exc).__name__}: {exc})") from None
         if not all(math.isfinite(x) and x > 0 for x in scales) or not all(math.isfinite(x) and x >= 0
                                                                           for x in sigmas) \
-                or not all(np.all(np.isfinite(v)) and np.all(np.isfinite(i)) for v, i in winds):
+                or not all(np.all(np.isfinite(v)) and np.all(np.isfinite(i)) for v, i, _ in winds):
             raise ValueError("not a learnt network state (a value is not a finite, positive number)")
         self._scales, self._model_sigmas, self._winds = scales, sigmas, winds
         self.net_scale = float(np.clip(np.median(scales), 1.0, MAX_NET_SCALE)) if scales else 1.0
-        self._pool_winds(wind_prior_sigma_mps)
+        self._wind_prior_sigma = float(wind_prior_sigma_mps)
+        self._wind_in_use = None
+        # the pool at the latest estimate's time, as it was when it was noted
+        self.wind_at(max((t for *_, t in winds if t is not None), default=None))
         self._cache, self._seed_t = {}, {}
 
     def _learn(self, shot: Association) -> None:
@@ -734,6 +780,7 @@ class Associator:
     def _try_seed(self, seed: Arrival) -> Association | None:
         if seed.sigma_s > MAX_SIGMA_S:
             return None
+        self.wind_at(seed.t_ns)
         cands = self._candidates(seed)
         if len(cands) + 1 < self.cfg.min_nodes:
             return None
@@ -1361,6 +1408,7 @@ class Associator:
             if match < self.cfg.min_nodes:
                 continue
             cands = self._candidates(a)
+            self.wind_at(a.t_ns)
             cand = self._refine(a, cands, shot.solution.pos.copy(), shot.solution.c_mps or self.c_nominal)
             if cand is None or not self._enough_nodes(cand):
                 continue

@@ -76,14 +76,15 @@ class Engine:
             c_try = (self.c,)
             self.c_sigma = 0.6 * cfg.solver.temperature_sigma_c
         self.assoc = Associator(cfg.association, c_try, z_source=None, model_sigma_s=cfg.solver.model_sigma_s,
-                                z_sigma=cfg.solver.height_sigma_m if cfg.solver.mode == "auto" else None)
+                                z_sigma=cfg.solver.height_sigma_m if cfg.solver.mode == "auto" else None,
+                                wind_max_age_s=cfg.solver.wind_max_age_s)
         #: Searches the arrivals the association put aside for line-ups that would
         #: be shots but for ``max_chance``: candidates for review (None: off).
         self.review: Associator | None = None
         if cfg.association.review_max_chance > cfg.association.max_chance:
             self.review = Associator(replace(cfg.association, max_chance=cfg.association.review_max_chance),
                                      c_try, z_source=None, model_sigma_s=cfg.solver.model_sigma_s,
-                                     z_sigma=self.assoc.z_sigma)
+                                     z_sigma=self.assoc.z_sigma, wind_max_age_s=cfg.solver.wind_max_age_s)
         self._new_candidates: list[CandidateReport] = []
         self._learnt_saved: dict | None = None
         self.incidents = IncidentTracker(cfg.incidents)
@@ -516,7 +517,10 @@ class Engine:
             # is several times worse (urban paths, mis-surveyed nodes) the two
             # extra unknowns would only chase those errors
             if own is not None and own.scale <= 2.0:
-                assoc.note_wind(own.wind_mps, own.cov[-2:, -2:], scfg.wind_sigma_mps)
+                assoc.note_wind(own.wind_mps, own.cov[-2:, -2:], scfg.wind_sigma_mps, t_ns=shot.t0_ns)
+        # the network's wind as it stands at this shot: the estimates of its own
+        # time only (a wind learnt hours ago has changed since; wind_max_age_s)
+        assoc.wind_at(shot.t0_ns)
         # what is not fitted (the speed of sound with too few arrivals, the wind
         # before the network has learnt it) is still uncertain: the radius says so
         unfitted = (self.c_sigma, scfg.unfitted_wind_mps)

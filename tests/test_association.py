@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -224,3 +226,76 @@ def test_learnt_network_state_round_trips_through_json():
         with pytest.raises(ValueError, match="not a learnt network state"):
             b.restore_learnt(bad, 4.0)
         assert b.learnt() == a.learnt()
+
+
+def test_a_wind_estimate_lapses_after_wind_max_age():
+    """Shots' wind estimates count for the searches within ``wind_max_age_s``
+    of them: an hour later the network starts from still air again, and the
+    estimates come back for a time they cover (locate decides at once, in any
+    order). 0 keeps them for ever."""
+    t0 = 1_800_000_000 * 10**9
+    hour = 3600 * 10**9
+    for age_s, lapsed in ((1800.0, True), (0.0, False)):
+        assoc = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=age_s)
+        assoc.note_wind((2.0, -1.0), np.eye(2) * 0.01, 4.0, t_ns=t0)
+        assoc.note_wind((2.2, -0.8), np.eye(2) * 0.01, 4.0, t_ns=t0 + 60 * 10**9)
+        near = (assoc.wind_mps, assoc.wind_sigma_mps)
+        assert near[1] is not None and near[0][0] == pytest.approx(2.1, abs=0.01)
+        assoc.wind_at(t0 + hour)
+        assert ((assoc.wind_mps, assoc.wind_sigma_mps) == ((0.0, 0.0), None)) == lapsed
+        assoc.wind_at(t0 + 30 * 10**9)
+        assert (assoc.wind_mps, assoc.wind_sigma_mps) == near
+        # one estimate in reach pools that one alone
+        assoc.wind_at(t0 - 1799 * 10**9)
+        if lapsed:
+            assert assoc.wind_mps[0] == pytest.approx(2.0, abs=0.01) and assoc.wind_sigma_mps > near[1]
+
+
+def test_a_search_an_hour_after_the_last_wind_uses_still_air():
+    """The shot that taught the wind was an hour ago: the next shot is searched
+    and picked in still air (its arrivals are straight-line ones here), not in
+    the old wind, which would move every prediction by up to 28 ms."""
+    ang = np.arange(8) * math.pi / 4
+    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
+    src = np.array([300.0, 1100.0, 1.5])
+    t_shot = REF + 3600 * 10**9
+    found = {}
+    for age_s in (1800.0, 0.0):
+        assoc = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=age_s)
+        assoc.note_wind((2.5, -1.0), np.eye(2) * 1e-8, 4.0, t_ns=REF)
+        for i, r in enumerate(nodes):
+            assoc.add(Arrival(i, f"n{i}", t_shot + int(np.linalg.norm(r - src) / C * 1e9), 2e-5, r,
+                              peak_dbfs=-20.0))
+        found[age_s] = assoc.step(None)[0]
+    (shot,) = found[1800.0]
+    assert len(shot.arrivals) == 8 and np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 0.5
+    # kept for ever, the hour-old wind loses arrivals or moves the shot
+    assert not found[0.0] or len(found[0.0][0].arrivals) < 8 or \
+        np.linalg.norm(found[0.0][0].solution.pos[:2] - src[:2]) > 0.5
+
+
+def test_learnt_wind_keeps_its_times_and_an_old_store_without_them_lapses():
+    """learnt() keeps each wind estimate's shot time; a state from before times
+    were kept ([wind, information]) restores, its estimates of unknown age
+    counting only where estimates never lapse."""
+    import json
+    t0 = 1_800_000_000 * 10**9
+    a = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=1800.0)
+    a.note_wind((2.0, -1.0), np.eye(2) * 0.01, 4.0, t_ns=t0)
+    state = json.loads(json.dumps(a.learnt()))
+    assert state["winds"][0][2] == t0
+    b = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=1800.0)
+    b.restore_learnt(state, 4.0)
+    assert b.wind_mps == pytest.approx(a.wind_mps) and b.wind_sigma_mps == pytest.approx(a.wind_sigma_mps)
+    old = {**state, "winds": [w[:2] for w in state["winds"]]}
+    b.restore_learnt(old, 4.0)
+    b.wind_at(t0)
+    assert (b.wind_mps, b.wind_sigma_mps) == ((0.0, 0.0), None)
+    forever = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=0.0)
+    forever.restore_learnt(old, 4.0)
+    forever.wind_at(t0)
+    assert forever.wind_mps == pytest.approx(a.wind_mps)
+    for bad in ({**state, "winds": [[*state["winds"][0][:2], "noon"]]},
+                {**state, "winds": [[*state["winds"][0][:2], t0, 1]]}):
+        with pytest.raises(ValueError, match="not a learnt network state"):
+            b.restore_learnt(bad, 4.0)

@@ -296,7 +296,8 @@ def test_arrivals_are_picked_where_the_solve_predicts_them_in_the_pooled_wind(wi
     tau = travel_times_s(nodes, src, C, wind)
     for known in (wind, (0.0, 0.0)):
         assoc = Associator(AssociationConfig(), C, z_source=1.5)
-        assoc.wind_mps = known
+        assoc.note_wind(known, np.eye(2) * 1e-8, 4.0, t_ns=REF)     # learnt, to a hair, from a shot just before
+        assert np.allclose(assoc.wind_mps, known, atol=1e-6)
         for i, (r, t) in enumerate(zip(nodes, tau)):
             assoc.add(Arrival(i, f"n{i}", REF + int((2.0 + t) * 1e9), 2e-5, r, peak_dbfs=-20.0))
         found, _ = assoc.step(None)

@@ -103,6 +103,7 @@ SERVER_CASES = [
     ("[solver]\nheight_sigma_m = 0.0", "solver.height_sigma_m", "0.0", "> 0"),
     ("[solver]\nmodel_sigma_s = -0.001", "solver.model_sigma_s", "-0.001", ">= 0"),
     ("[solver]\nwind_sigma_mps = 0.0", "solver.wind_sigma_mps", "0.0", "> 0"),
+    ("[solver]\nwind_max_age_s = -1.0", "solver.wind_max_age_s", "-1.0", ">= 0"),
     ("[solver]\nfit_speed_min_nodes = -1", "solver.fit_speed_min_nodes", "-1", ">= 0"),
     ("[incidents]\ngap_s = -1.0", "incidents.gap_s", "-1.0", ">= 0"),
     ("[server]\ntemperature_c = 150.0", "server.temperature_c", "150.0", "in [-60, 70]"),
@@ -159,9 +160,10 @@ def test_server_values_that_mean_off_load(tmp_path):
         "[association]", "review_max_chance = 0.0", "extend_tolerance_s = 0.0", "stale_node_s = 0.0",
         "tolerance_s = 0.0", "latency_s = 0.0", "margin_m = 0.0", "min_fraction = 0.0",
         "[solver]", "fit_speed_min_nodes = 0", "fit_wind_min_nodes = 0", "unfitted_wind_mps = 0.0",
-        "model_sigma_s = 0.0",
+        "model_sigma_s = 0.0", "wind_max_age_s = 0.0",
         "[incidents]", "gap_s = 0.0", "radius_m = 0.0"])))
     assert cfg.association.review_max_chance == 0.0 and cfg.solver.fit_speed_min_nodes == 0
+    assert cfg.solver.wind_max_age_s == 0.0
 
 
 def test_configs_built_in_code_are_checked_too():

@@ -116,3 +116,18 @@ def test_an_event_without_a_snippet_keeps_its_pick_in_the_final_solve():
         assert abs(shot.t_utc_ns - whole.t_utc_ns) < 100_000
         assert shot.lat == pytest.approx(whole.lat, abs=1e-6) and shot.lon == pytest.approx(whole.lon, abs=1e-6)
         assert shot.error_m < 2.0 * whole.error_m
+
+
+def test_the_engine_gives_its_associators_the_winds_max_age():
+    """``[solver] wind_max_age_s`` reaches the association and the review
+    association (which shares the main one's view of the network)."""
+    from dataclasses import replace as _replace
+
+    from common.config import ServerConfig
+    from server.engine import Engine
+
+    cfg = ServerConfig(database=":memory:", temperature_c=15.0, allow_plaintext=True)
+    cfg = _replace(cfg, solver=_replace(cfg.solver, wind_max_age_s=90.0))
+    eng = Engine(cfg, None)
+    assert eng.assoc.wind_max_age_ns == 90 * 10**9
+    assert eng.review is not None and eng.review.wind_max_age_ns == 90 * 10**9
