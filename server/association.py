@@ -340,7 +340,8 @@ class Associator:
         #: None when not known: an estimate restored from before times were kept)
         self._winds: list[tuple[np.ndarray, np.ndarray, int | None]] = []
         self._wind_prior_sigma = 1.0
-        self.wind_max_age_ns = int(round(wind_max_age_s * 1e9))
+        # (beyond ~300 years is for ever in effect; the ns count stays an int)
+        self.wind_max_age_ns = int(round(min(float(wind_max_age_s), 1e10) * 1e9))
         #: which of ``_winds`` the current wind_mps pools (see wind_at)
         self._wind_in_use: tuple[int, ...] | None = None
 
@@ -427,14 +428,23 @@ class Associator:
         different view are redone."""
         for node, pos in other._nodes.items():
             self.add_node(node, pos)
-        learnt = (other.net_scale, other.wind_mps, other.wind_sigma_mps, other.z_source)
-        if learnt != (self.net_scale, self.wind_mps, self.wind_sigma_mps, self.z_source):
+        # the view is the wind estimates themselves, not the pool either one last
+        # took (at whatever time its last search or shot was): a search is redone
+        # when an estimate that could count at its seed's time has come or gone
+        if other._view() != self._view():
             self._cache, self._seed_t = {}, {}
-        self.net_scale, self.wind_mps, self.wind_sigma_mps, self.z_source = learnt
+        self.net_scale, self.z_source = other.net_scale, other.z_source
+        self.wind_mps, self.wind_sigma_mps = other.wind_mps, other.wind_sigma_mps
         self._scales, self._model_sigmas = list(other._scales), list(other._model_sigmas)
         self._winds = list(other._winds)
         self._wind_prior_sigma, self._wind_in_use = other._wind_prior_sigma, other._wind_in_use
         self.wind_max_age_ns = other.wind_max_age_ns
+
+    def _view(self) -> tuple:
+        """What the searches depend on of what was learnt: the timing scale, the
+        source height, and the wind estimates with their times, prior and age."""
+        winds = tuple((tuple(v.tolist()), tuple(i.ravel().tolist()), t) for v, i, t in self._winds)
+        return (self.net_scale, self.z_source, winds, self._wind_prior_sigma, self.wind_max_age_ns)
 
     def max_travel_ns(self) -> int:
         """Longest time one shot's arrivals can be spread over: every node that

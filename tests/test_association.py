@@ -254,7 +254,7 @@ def test_a_wind_estimate_lapses_after_wind_max_age():
 def test_a_search_an_hour_after_the_last_wind_uses_still_air():
     """The shot that taught the wind was an hour ago: the next shot is searched
     and picked in still air (its arrivals are straight-line ones here), not in
-    the old wind, which would move every prediction by up to 28 ms."""
+    the old wind, which would move the predictions by up to 30 ms (34 ms apart)."""
     ang = np.arange(8) * math.pi / 4
     nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
     src = np.array([300.0, 1100.0, 1.5])
@@ -299,3 +299,67 @@ def test_learnt_wind_keeps_its_times_and_an_old_store_without_them_lapses():
                 {**state, "winds": [[*state["winds"][0][:2], t0, 1]]}):
         with pytest.raises(ValueError, match="not a learnt network state"):
             b.restore_learnt(bad, 4.0)
+
+
+def _shot_in_wind(wind, t_ns, src=(300.0, 1100.0, 1.5), sigma_s=1e-3, key0=0):
+    """Eight nodes on an 800 m circle hearing one shot at ``src`` in ``wind``."""
+    from server.solver import travel_times_s
+
+    ang = np.arange(8) * math.pi / 4
+    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
+    tau = travel_times_s(nodes, np.array(src), C, wind)
+    return [Arrival(key0 + i, f"n{i}", t_ns + int(t * 1e9), sigma_s, r, peak_dbfs=-20.0)
+            for i, (r, t) in enumerate(zip(nodes, tau))]
+
+
+def test_adopting_a_network_that_learnt_a_wind_redoes_the_searches_it_changes():
+    """The review associator searched a seed before the main one learnt the wind
+    at its time; adopting the main one's view redoes that search, even when the
+    pools both last took (at other times) are alike — still air here."""
+    wind, src = (2.0, -0.8), np.array([300.0, 1100.0, 1.5])
+    arr = _shot_in_wind(wind, REF)
+    rev = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=1800.0)
+    for a in arr:
+        rev.add(a)
+    rev.step(min(a.t_ns for a in arr) + rev.wait_ns())      # searched in still air, kept pending
+    assert rev._cache
+    main = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=1800.0)
+    main.note_wind(wind, np.eye(2) * 1e-8, 4.0, t_ns=REF)    # a shot at REF taught it the wind
+    main.wind_at(REF + 3600 * 10**9)                          # and its last shot was an hour later
+    rev.adopt_network(main)
+    (shot,), _ = rev.step(None)
+    assert shot.solution.wind_mps == pytest.approx(wind, abs=1e-3)
+    assert np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 0.05
+
+
+def test_an_age_too_large_to_count_in_ns_means_for_ever():
+    assoc = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=1e300)
+    assoc.note_wind((2.0, -1.0), np.eye(2) * 0.01, 4.0, t_ns=REF)
+    assoc.wind_at(REF + 10**9 * 3600 * 24 * 365 * 100)
+    assert assoc.wind_sigma_mps is not None
+
+
+def test_a_burst_round_is_searched_again_in_the_wind_of_its_own_time(monkeypatch):
+    """After its first round forms, a burst's next rounds are searched again
+    from its position (``_repeats``) in the wind at their time — not in the
+    still air of the unrelated sounds an hour later, searched just before."""
+    wind = (2.5, -1.0)
+    rounds = _shot_in_wind(wind, REF) + _shot_in_wind(wind, REF + 500_000_000, key0=8)
+    later = _shot_in_wind((0.0, 0.0), REF + 3600 * 10**9, src=(900.0, 400.0, 1.5), key0=16)[:3]
+    assoc = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=1800.0)
+    assoc.note_wind(wind, np.eye(2) * 1e-8, 4.0, t_ns=REF - 60 * 10**9)
+    for a in rounds + later:
+        assoc.add(a)
+    searched = []            # (seed time, the wind the search predicts with), every refinement
+    real_refine = Associator._refine
+
+    def refine(self, seed, cands, p0, c):
+        searched.append((seed.t_ns, self.wind_mps))
+        return real_refine(self, seed, cands, p0, c)
+
+    monkeypatch.setattr(Associator, "_refine", refine)
+    found, _ = assoc.step(None)
+    near = [w for t, w in searched if t < REF + 10**10]
+    assert len(near) > 2 and all(w == pytest.approx(wind, abs=1e-3) for w in near)
+    assert len(found) == 2 and all(len(s.arrivals) == 8 for s in found)
+    assert all(np.linalg.norm(s.solution.pos[:2] - np.array([300.0, 1100.0])) < 0.05 for s in found)

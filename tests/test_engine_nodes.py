@@ -131,3 +131,27 @@ def test_the_engine_gives_its_associators_the_winds_max_age():
     eng = Engine(cfg, None)
     assert eng.assoc.wind_max_age_ns == 90 * 10**9
     assert eng.review is not None and eng.review.wind_max_age_ns == 90 * 10**9
+
+
+def test_a_shot_an_hour_after_the_one_that_taught_the_wind_is_located_as_if_alone():
+    """Decided together (a replay, a node's backlog): shot A, heard by 9 nodes,
+    teaches the wind; shot B an hour later, heard by 6 (too few to fit its
+    own), must be solved in still air with the unknown wind in its radius —
+    as if A had never been — not with A's long-lapsed wind as a tight prior."""
+    nodes = node_grid(9)
+    six = dict(list(nodes.items())[:6])
+    cfg = ServerConfig(database=":memory:", temperature_c=20.0, allow_plaintext=True)
+
+    def located(events):
+        eng = Engine(cfg, None, clock_ns=lambda: T0)
+        eng.ingest_batch(events)
+        return eng.finish()
+
+    a = shot_events(nodes, np.array([120.0, 80.0, 1.5]), T0 + 10**9, {})
+    b = shot_events(six, np.array([200.0, 150.0, 1.5]), T0 + 3601 * 10**9, {n: 1 for n in nodes})
+    both = located(a + b)
+    (alone,) = located(b)
+    assert len(both) == 2 and len(both[0].nodes) == 9
+    # (the same to rounding: the engines' local frames have different origins)
+    assert both[1].lat == pytest.approx(alone.lat, abs=1e-9) and both[1].lon == pytest.approx(alone.lon, abs=1e-9)
+    assert both[1].error_m == pytest.approx(alone.error_m, rel=1e-6)
