@@ -558,11 +558,11 @@ class Associator:
         try:
             scales = [float(x) for x in state["scales"]][-SCALE_POOL:]            # type: ignore[index]
             sigmas = [float(x) for x in state["model_sigmas"]][-SCALE_POOL:]      # type: ignore[index]
-            winds = [(np.array(w[0], dtype=float).reshape(2), np.array(w[1], dtype=float).reshape(2, 2),
-                      _time_or_none(w[2] if len(w) > 2 else None))
-                     for w in state["winds"] if len(w) in (2, 3)][-WIND_POOL:]    # type: ignore[index]
-            if any(len(w) not in (2, 3) for w in state["winds"]):                 # type: ignore[index]
+            kept = state["winds"]                                                  # type: ignore[index]
+            if any(len(w) not in (2, 3) for w in kept):
                 raise ValueError("a wind estimate is not [wind, information] or [wind, information, time]")
+            winds = [(np.array(w[0], dtype=float).reshape(2), np.array(w[1], dtype=float).reshape(2, 2),
+                      _time_or_none(w[2] if len(w) > 2 else None)) for w in kept][-WIND_POOL:]
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"not a learnt network state ({type(exc).__name__}: {exc})") from None
         if not all(math.isfinite(x) and x > 0 for x in scales) or not all(math.isfinite(x) and x >= 0

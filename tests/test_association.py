@@ -228,6 +228,17 @@ def test_learnt_network_state_round_trips_through_json():
         assert b.learnt() == a.learnt()
 
 
+def _shot_in_wind(wind, t_ns, src=(300.0, 1100.0, 1.5), sigma_s=1e-3, key0=0):
+    """Eight nodes on an 800 m circle hearing one shot at ``src`` in ``wind``."""
+    from server.solver import travel_times_s
+
+    ang = np.arange(8) * math.pi / 4
+    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
+    tau = travel_times_s(nodes, np.array(src), C, wind)
+    return [Arrival(key0 + i, f"n{i}", t_ns + int(t * 1e9), sigma_s, r, peak_dbfs=-20.0)
+            for i, (r, t) in enumerate(zip(nodes, tau))]
+
+
 def test_a_wind_estimate_lapses_after_wind_max_age():
     """Shots' wind estimates count for the searches within ``wind_max_age_s``
     of them: an hour later the network starts from still air again, and the
@@ -255,17 +266,13 @@ def test_a_search_an_hour_after_the_last_wind_uses_still_air():
     """The shot that taught the wind was an hour ago: the next shot is searched
     and picked in still air (its arrivals are straight-line ones here), not in
     the old wind, which would move the predictions by up to 30 ms (34 ms apart)."""
-    ang = np.arange(8) * math.pi / 4
-    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
     src = np.array([300.0, 1100.0, 1.5])
-    t_shot = REF + 3600 * 10**9
     found = {}
     for age_s in (1800.0, 0.0):
         assoc = Associator(AssociationConfig(), C, z_source=1.5, wind_max_age_s=age_s)
         assoc.note_wind((2.5, -1.0), np.eye(2) * 1e-8, 4.0, t_ns=REF)
-        for i, r in enumerate(nodes):
-            assoc.add(Arrival(i, f"n{i}", t_shot + int(np.linalg.norm(r - src) / C * 1e9), 2e-5, r,
-                              peak_dbfs=-20.0))
+        for a in _shot_in_wind((0.0, 0.0), REF + 3600 * 10**9, src=tuple(src), sigma_s=2e-5):
+            assoc.add(a)
         found[age_s] = assoc.step(None)[0]
     (shot,) = found[1800.0]
     assert len(shot.arrivals) == 8 and np.linalg.norm(shot.solution.pos[:2] - src[:2]) < 0.5
@@ -299,17 +306,6 @@ def test_learnt_wind_keeps_its_times_and_an_old_store_without_them_lapses():
                 {**state, "winds": [[*state["winds"][0][:2], t0, 1]]}):
         with pytest.raises(ValueError, match="not a learnt network state"):
             b.restore_learnt(bad, 4.0)
-
-
-def _shot_in_wind(wind, t_ns, src=(300.0, 1100.0, 1.5), sigma_s=1e-3, key0=0):
-    """Eight nodes on an 800 m circle hearing one shot at ``src`` in ``wind``."""
-    from server.solver import travel_times_s
-
-    ang = np.arange(8) * math.pi / 4
-    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
-    tau = travel_times_s(nodes, np.array(src), C, wind)
-    return [Arrival(key0 + i, f"n{i}", t_ns + int(t * 1e9), sigma_s, r, peak_dbfs=-20.0)
-            for i, (r, t) in enumerate(zip(nodes, tau))]
 
 
 def test_adopting_a_network_that_learnt_a_wind_redoes_the_searches_it_changes():

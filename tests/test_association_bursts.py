@@ -288,18 +288,15 @@ def test_arrivals_are_picked_where_the_solve_predicts_them_in_the_pooled_wind(wi
     up to distance × wind / c²: up to 28 ms here in 2.5 m/s, where the fine
     tolerance is 0.8 ms — the shot was lost; in 10 m/s the grid found no
     cell either.)"""
-    from server.solver import travel_times_s
+    from tests.test_association import _shot_in_wind
 
-    ang = np.arange(8) * math.pi / 4
-    nodes = np.column_stack([800 * np.cos(ang) + 800, 800 * np.sin(ang) + 800, np.full(8, 6.0)])
     src = np.array([300.0, 1100.0, 1.5])
-    tau = travel_times_s(nodes, src, C, wind)
     for known in (wind, (0.0, 0.0)):
         assoc = Associator(AssociationConfig(), C, z_source=1.5)
         assoc.note_wind(known, np.eye(2) * 1e-8, 4.0, t_ns=REF)     # learnt, to a hair, from a shot just before
         assert np.allclose(assoc.wind_mps, known, atol=1e-6)
-        for i, (r, t) in enumerate(zip(nodes, tau)):
-            assoc.add(Arrival(i, f"n{i}", REF + int((2.0 + t) * 1e9), 2e-5, r, peak_dbfs=-20.0))
+        for a in _shot_in_wind(wind, REF + 2 * 10**9, src=tuple(src), sigma_s=2e-5):
+            assoc.add(a)
         found, _ = assoc.step(None)
         if known == wind:
             assert len(found) == 1 and len(found[0].arrivals) == 8
